@@ -1,0 +1,209 @@
+"""The command line: a thin layer that parses options, calls the library, maps errors to exit codes.
+
+Exit codes (see ``errors.Exit``): 0 success, 1 failure or invalid configuration, 2 bad usage.
+In Slurm a non-zero Prolog or Epilog drains the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Optional
+
+import click
+
+from . import __version__, config
+from .errors import Exit, NsctlError
+
+
+def _config_option(func):
+    return click.option(
+        "--config",
+        "config_file",
+        metavar="PATH",
+        help="namespace.yaml to use [default: $NSCTL_CONFIG, else namespace.yaml beside "
+        "$SLURM_CONF, else /etc/slurm/namespace.yaml].",
+    )(func)
+
+
+def _node_option(func):
+    return click.option(
+        "--node",
+        metavar="NAME",
+        help="Slurm node name [default: $SLURMD_NODENAME, else the short hostname].",
+    )(func)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NsctlError as exc:
+            click.echo(f"nsctl: error: {exc}", err=True)
+            ctx.exit(Exit.FAILURE)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nsctl")
+def main() -> None:
+    """Per-job private /tmp, /dev/shm, PID and user namespaces for Slurm.
+
+    nsctl reads Slurm's namespace.yaml. Run `nsctl setup` from the Prolog and `nsctl teardown`
+    from the Epilog; see nsctl(8) and namespace.yaml(5).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+
+
+def _report_nodes(nodes: Optional[str], env) -> tuple[list[str], str]:
+    import hostlist
+
+    if nodes:
+        try:
+            return hostlist.expand_hostlist(nodes), "--nodes"
+        except hostlist.BadHostlist as exc:
+            raise click.BadParameter(f"bad hostlist {nodes!r}: {exc}", param_hint="--nodes")
+    slurm_conf = env.get("SLURM_CONF")
+    names = [name for names, _ in config.slurm_conf_nodes(slurm_conf) for name in names]
+    return names, (slurm_conf if names else "")
+
+
+@main.command()
+@click.argument("file", required=False, metavar="[FILE]")
+@_config_option
+@click.option(
+    "--nodes",
+    metavar="HOSTLIST",
+    help="Report what each of these nodes resolves to "
+    "[default: the NodeName lines of $SLURM_CONF, when readable].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+def validate(file: Optional[str], config_file: Optional[str], nodes: Optional[str], fmt: str):
+    """Check a namespace.yaml strictly and report what each node gets.
+
+    Every problem is reported at once as FILE:LINE:COLUMN: KEY.PATH: MESSAGE. Exits 0 when the
+    file is valid (warnings allowed), 1 when it is not, 2 on a usage error.
+    """
+    from . import validate as checker
+
+    if file and config_file:
+        raise click.UsageError("give the file either as an argument or with --config, not both")
+    path = config.config_path(file or config_file)
+    checked = checker.check_file(path)
+    node_names, source = _report_nodes(nodes, os.environ)
+    report = None
+    if checked.valid:
+        hostnames = config.slurm_node_hostnames(os.environ.get("SLURM_CONF"))
+        report = checker.node_report(checked.data, node_names, hostnames)
+
+    if fmt == "json":
+        result = {
+            "file": path,
+            "valid": checked.valid,
+            "errors": [i.as_dict() for i in checked.errors],
+            "warnings": [i.as_dict() for i in checked.warnings],
+            "node_source": source or None,
+            "report": report.as_dict() if report else None,
+        }
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for issue in checked.issues:
+            click.echo(str(issue))
+        summary = f"{path}: {'valid' if checked.valid else 'invalid'}"
+        counts = [f"{len(checked.errors)} error(s)"] if checked.errors else []
+        counts += [f"{len(checked.warnings)} warning(s)"] if checked.warnings else []
+        click.echo(summary + (f" ({', '.join(counts)})" if counts else ""))
+        if report:
+            _echo_report(report, source)
+    sys.exit(Exit.OK if checked.valid else Exit.FAILURE)
+
+
+def _echo_report(report, source: str) -> None:
+    if report.groups:
+        click.echo(f"\nNodes (from {source}):")
+        width = max(len(g["nodes"]) for g in report.groups)
+        for group in report.groups:
+            entry = group["entry"] or "(no entry)"
+            what = (
+                f"base_path {group['base_path']}"
+                if group["enabled"]
+                else f"nsctl disabled: {group['reason']}"
+            )
+            click.echo(f"  {group['nodes']:<{width}}  {entry:<15} {what}")
+        for item in report.multiple:
+            click.echo(
+                f"  note: {item['nodes']} matched by {', '.join(item['entries'])}; "
+                f"only {item['applies']} applies"
+            )
+        if report.unused:
+            click.echo(f"  note: no listed node uses {', '.join(report.unused)}")
+    for item in report.shadowed:
+        click.echo(
+            f"warning: {item['entry']} can never apply: earlier entries already match all of "
+            f"its nodes ({item['nodes']})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# show-config
+
+
+def _explained_yaml(data: dict, origins: dict) -> str:
+    import yaml
+
+    lines = []
+    for key, value in data.items():
+        text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False).rstrip()
+        origin = origins.get(key)
+        if origin:
+            first, _, rest = text.partition("\n")
+            text = f"{first}  # {origin}" + (f"\n{rest}" if rest else "")
+        lines.append(text)
+    return "\n".join(lines)
+
+
+@main.command("show-config")
+@_config_option
+@_node_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Show where each value came from (defaults, node_confs[i], built-in default).",
+)
+def show_config(config_file: Optional[str], node: Optional[str], fmt: str, explain: bool):
+    """Show the configuration one node resolves to, every default made explicit."""
+    from .loader import load_node_config
+
+    path = config.config_path(config_file)
+    resolved = load_node_config(path, config.node_name(node))
+    data = config.to_dict(resolved)
+    origins = dict(resolved.origins)
+    if fmt == "json":
+        out = {"config": data, "origins": origins} if explain else data
+        click.echo(json.dumps(out, indent=2))
+    elif explain:
+        click.echo(_explained_yaml(data, origins))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    if not resolved.enabled:
+        click.echo(f"nsctl is disabled on {resolved.node}: {resolved.disabled_reason}", err=True)
