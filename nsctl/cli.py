@@ -65,7 +65,9 @@ def _report_nodes(nodes: Optional[str], env) -> tuple[list[str], str]:
         try:
             return hostlist.expand_hostlist(nodes), "--nodes"
         except hostlist.BadHostlist as exc:
-            raise click.BadParameter(f"bad hostlist {nodes!r}: {exc}", param_hint="--nodes")
+            raise click.BadParameter(
+                f"bad hostlist {nodes!r}: {exc}", param_hint="--nodes"
+            ) from None
     slurm_conf = env.get("SLURM_CONF")
     names = [name for names, _ in config.slurm_conf_nodes(slurm_conf) for name in names]
     return names, (slurm_conf if names else "")

@@ -53,7 +53,7 @@ TMPFS_DATA_KEYS = ("size", "mode", "nr_inodes", "uid", "gid", "huge")
 
 # The escapes nsctl expands in dir_confs[].path at setup time.
 JOB_ESCAPES = {"j": "job id", "S": "SLUID", "u": "user name", "%": "a literal %"}
-_ESCAPE_RE = re.compile(r"%(.)", re.DOTALL)
+_ESCAPE_RE = re.compile(r"%(.?)", re.DOTALL)  # "?" so a lone trailing % is an error too
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,8 @@ def expand_job_path(template: str, job_id: str, user: str, sluid: Optional[str] 
 
     def substitute(match: re.Match) -> str:
         letter = match.group(1)
+        if not letter:
+            raise ValueError(f"a lone % at the end of {template!r}")
         if letter not in values:
             raise ValueError(f"unknown escape %{letter} in {template!r}")
         if values[letter] is None:
@@ -249,7 +251,7 @@ def hostlist_names(nodes: Any) -> set[str]:
 
 
 def matching_entry(doc: Mapping[str, Any], node: str) -> Optional[int]:
-    """Index of the FIRST node_confs entry whose hostlist holds ``node`` (later ones never count)."""
+    """Index of the FIRST node_confs entry whose hostlist holds ``node``; later ones never count."""
     for index, entry in enumerate(doc.get("node_confs") or []):
         if node in hostlist_names(entry["nodes"]):
             return index

@@ -1,4 +1,4 @@
-"""Strict validation of namespace.yaml: every problem at once, each with file:line:column and key path.
+"""Strict validation of namespace.yaml: every problem at once, each with file:line:column, key path.
 
 Structure and types come from the JSON Schema shipped in ``nsctl.schema``; the rules a schema
 cannot say (paths that overlap, backing names that collide, mount option tokens, ``%`` escapes,
@@ -108,6 +108,14 @@ def format_path(path: Iterable) -> str:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# Scalars are built only with these tags; anything else (a custom !tag, !!binary, a YAML 1.1
+# timestamp) is either reported or kept as the text Slurm would see, never constructed blindly.
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + name for name in ("str", "int", "float", "bool", "null")}
+_MAX_DEPTH = 50  # namespace.yaml needs 6 levels; deeper nesting would only exhaust the stack
+_MAX_NODES = 1_000_000  # aliases can multiply a small file into an enormous document
+
+
 class _Doc:
     """Plain data built from the YAML node graph, plus the line:column of every key path."""
 
@@ -116,6 +124,12 @@ class _Doc:
         self.marks: dict[Path, tuple[int, int]] = {}
         self.issues: list[Issue] = []
         self.constructor = yaml.SafeLoader("")
+        self.active: set[int] = set()  # collection nodes being built (a recursive alias)
+        self.count = 0
+
+    def node_issue(self, node: yaml.Node, path: Path, message: str) -> None:
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        self.issues.append(Issue(self.file, line, column, format_path(path), message))
 
     def issue(self, path: Path, message: str, severity: str = "error") -> None:
         line, column = self.position(path)
@@ -129,6 +143,36 @@ class _Doc:
 
     def build(self, node: yaml.Node, path: Path, mark: yaml.Node) -> Any:
         self.marks[path] = (mark.start_mark.line + 1, mark.start_mark.column + 1)
+        self.count += 1
+        if self.count > _MAX_NODES:
+            raise _TooLarge(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if id(node) in self.active:
+            self.node_issue(node, path, "invalid YAML: an alias refers to a node that contains it")
+            return None
+        self.active.add(id(node))
+        try:
+            return self.collection(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        if node.tag == _TAG + "timestamp":
+            return node.value  # Slurm reads 2024-01-01 as text, and so does nsctl
+        if node.tag not in _SCALAR_TAGS:
+            self.node_issue(node, path, f"invalid YAML: unsupported tag {_tag(node)!r}")
+            return node.value
+        try:
+            return self.constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, KeyError):
+            kind = node.tag[len(_TAG) :]
+            self.node_issue(node, path, f"invalid YAML: {node.value!r} is not a valid {kind}")
+            return node.value
+
+    def collection(self, node: yaml.Node, path: Path) -> Any:
+        if node.tag not in (_TAG + "map", _TAG + "seq"):
+            self.node_issue(node, path, f"invalid YAML: unsupported tag {_tag(node)!r}")
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -146,15 +190,42 @@ class _Doc:
                 result[key] = self.build(value_node, (*path, key), key_node)
             self.marks.pop((*path, "<key>"), None)
             return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i), item) for i, item in enumerate(node.value)]
-        return self.constructor.construct_object(node)
+        return [self.build(item, (*path, i), item) for i, item in enumerate(node.value)]
+
+
+def _tag(node: yaml.Node) -> str:
+    return "!!" + node.tag[len(_TAG) :] if node.tag.startswith(_TAG) else node.tag
+
+
+class _TooLarge(Exception):
+    def __init__(self, node: yaml.Node):
+        super().__init__("document too large")
+        self.node = node
+
+
+def _depth_issue(text: str, file: str) -> Optional[Issue]:
+    """Nesting deeper than any namespace.yaml needs, found from the event stream (no recursion:
+    libyaml's composer would overflow the C stack on a few hundred thousand levels)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                mark = event.start_mark
+                message = f"invalid YAML: nested more than {_MAX_DEPTH} levels deep"
+                return Issue(file, mark.line + 1, mark.column + 1, "", message)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def parse(text: str, file: str) -> tuple[Any, list[Issue], dict[Path, tuple[int, int]]]:
     """Parse YAML text; a syntax error becomes an Issue at the parser's line and column."""
     doc = _Doc(file)
     try:
+        too_deep = _depth_issue(text, file)
+        if too_deep:
+            return None, [too_deep], {}
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -167,7 +238,12 @@ def parse(text: str, file: str) -> tuple[Any, list[Issue], dict[Path, tuple[int,
         return None, [Issue(file, 1, 1, "", f"invalid YAML: {exc}")], {}
     if root is None:
         return None, [], {}
-    data = doc.build(root, (), root)
+    try:
+        data = doc.build(root, (), root)
+    except _TooLarge as exc:
+        mark = exc.node.start_mark
+        message = f"invalid YAML: more than {_MAX_NODES} values (aliases nested inside aliases?)"
+        return None, [Issue(file, mark.line + 1, mark.column + 1, "", message)], {}
     return data, doc.issues, doc.marks
 
 
@@ -223,35 +299,57 @@ def _unknown_key(path: Path, key: str, allowed: Iterable[str]) -> str:
 
 def _schema_issues(doc: _Doc, data: Any) -> None:
     for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.path))):
-        path = tuple(error.absolute_path)
-        kind = error.validator
-        if kind == "additionalProperties":
-            allowed = error.schema.get("properties", {})
-            for key in error.instance:
-                if key not in allowed:
-                    doc.issue((*path, key), _unknown_key(path, key, allowed))
-        elif kind == "type":
-            wanted = error.validator_value
-            wanted = [w for w in (wanted if isinstance(wanted, list) else [wanted]) if w != "null"]
-            doc.issue(
-                path,
-                f"expected {' or '.join(_EXPECTED[w] for w in wanted)}, "
-                f"got {_describe(error.instance)}",
-            )
-        elif kind == "required":
-            missing = re.search(r"'([^']+)'", error.message)
-            doc.issue(path, f"missing required key '{missing.group(1) if missing else '?'}'")
-        elif kind == "oneOf":
-            key = next((p for p in reversed(path) if isinstance(p, str)), "")
-            doc.issue(path, f"{_ONE_OF.get(key, 'wrong type')}, got {_describe(error.instance)}")
-        elif kind in ("minLength", "minItems"):
-            doc.issue(path, "must not be empty")
-        elif kind == "minimum":
-            doc.issue(path, f"must be 0 or more, got {error.instance}")
-        elif kind == "maximum":
-            doc.issue(path, f"must be at most {error.validator_value}, got {error.instance}")
-        else:  # pragma: no cover - every keyword the schema uses is handled above
-            doc.issue(path, error.message)
+        _schema_issue(doc, error)
+
+
+def _fitting_branch(error: Any) -> Optional[list]:
+    """For a failed oneOf, the errors of the one branch whose type fits the value (a list of
+    flags with a number in it is a list problem, not "neither a list nor a string")."""
+    branches: dict[Any, list] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [
+        errors
+        for errors in branches.values()
+        if not any(e.validator == "type" and not e.relative_path for e in errors)
+    ]
+    return fitting[0] if len(fitting) == 1 else None
+
+
+def _schema_issue(doc: _Doc, error: Any) -> None:
+    path = tuple(error.absolute_path)
+    kind = error.validator
+    fitting = _fitting_branch(error) if kind == "oneOf" else None
+    if kind == "additionalProperties":
+        allowed = error.schema.get("properties", {})
+        for key in error.instance:
+            if key not in allowed:
+                doc.issue((*path, key), _unknown_key(path, key, allowed))
+    elif kind == "type":
+        wanted = error.validator_value
+        wanted = [w for w in (wanted if isinstance(wanted, list) else [wanted]) if w != "null"]
+        doc.issue(
+            path,
+            f"expected {' or '.join(_EXPECTED[w] for w in wanted)}, "
+            f"got {_describe(error.instance)}",
+        )
+    elif kind == "required":
+        missing = re.search(r"'([^']+)'", error.message)
+        doc.issue(path, f"missing required key '{missing.group(1) if missing else '?'}'")
+    elif kind == "oneOf" and fitting:
+        for sub in fitting:
+            _schema_issue(doc, sub)
+    elif kind == "oneOf":
+        key = next((p for p in reversed(path) if isinstance(p, str)), "")
+        doc.issue(path, f"{_ONE_OF.get(key, 'wrong type')}, got {_describe(error.instance)}")
+    elif kind in ("minLength", "minItems"):
+        doc.issue(path, "must not be empty")
+    elif kind == "minimum":
+        doc.issue(path, f"must be 0 or more, got {error.instance}")
+    elif kind == "maximum":
+        doc.issue(path, f"must be at most {error.validator_value}, got {error.instance}")
+    else:  # pragma: no cover - every keyword the schema uses is handled above
+        doc.issue(path, error.message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,12 +364,16 @@ def _absolute(doc: _Doc, path: Path, value: Any, what: str) -> bool:
 
 
 def _check_escapes(doc: _Doc, path: Path, value: str, allowed: str, what: str) -> None:
-    for match in re.finditer(r"%(.?)", value.replace("%%", "")):
+    """Report % escapes nsctl does not expand. ``allowed`` holds the letters, "%" included
+    when %% means a literal % (dir paths; base_path expands only %h and %n, as Slurm does)."""
+    for match in re.finditer(r"%(.?)", value, re.DOTALL):
         letter = match.group(1)
-        if letter not in allowed:
-            shown = f"%{letter}" if letter else "a lone %"
+        # "in" on an empty letter would always be true: a lone % at the end needs its own test.
+        if not letter or letter not in allowed:
+            problem = f"unknown escape %{letter} in" if letter else "a lone % at the end of"
             escapes = ", ".join(f"%{c}" for c in allowed)
-            doc.issue(path, f"unknown escape {shown} in {what} (nsctl expands {escapes} and %%)")
+            escapes = escapes.rpartition(", ")[0] + " and " + escapes.rpartition(", ")[2]
+            doc.issue(path, f"{problem} {what} (nsctl expands {escapes})")
 
 
 def _check_base_path(doc: _Doc, path: Path, value: Any) -> None:
@@ -287,7 +389,7 @@ def _check_base_path(doc: _Doc, path: Path, value: Any) -> None:
         )
         return
     if _absolute(doc, path, value, "base_path"):
-        _check_escapes(doc, path, value.replace("%%", ""), "hn", "base_path")
+        _check_escapes(doc, path, value, "hn", "base_path")
 
 
 def _check_flags(doc: _Doc, path: Path, value: Any, node_level: bool) -> None:
@@ -358,7 +460,7 @@ def _check_options(doc: _Doc, path: Path, options: Any, defaults: Any) -> None:
             elif token != token.strip():
                 doc.issue(where, f"whitespace around {token.strip()!r} in dirs (Slurm keeps it)")
             else:
-                _check_dir_path(doc, where, token, "")
+                _check_dir_path(doc, where, token, "jSu%")
         if "dir_confs" in options:
             doc.issue(where, "dirs is ignored because dir_confs is set", "warning")
         elif node_level and isinstance(defaults, dict) and "dir_confs" in defaults:
@@ -373,7 +475,7 @@ def _check_options(doc: _Doc, path: Path, options: Any, defaults: Any) -> None:
             continue
         where = (*path, "dir_confs", index)
         if "path" in entry:
-            _check_dir_path(doc, (*where, "path"), entry["path"], "jSu")
+            _check_dir_path(doc, (*where, "path"), entry["path"], "jSu%")
         tmpfs = entry.get("tmpfs") is True or (
             isinstance(entry.get("path"), str) and cfg.normalise_dir(entry["path"]) == cfg.DEV_SHM
         )
@@ -393,6 +495,7 @@ class _Dir:
     where: Path
     tmpfs: bool
     base: Optional[str]
+    builtin: bool = False  # from the built-in /tmp,/dev/shm: nothing in the file to point at
 
 
 def _effective(defaults: dict, options: dict, prefix: Path) -> tuple[Any, Path, list[_Dir]]:
@@ -408,7 +511,8 @@ def _effective(defaults: dict, options: dict, prefix: Path) -> tuple[Any, Path, 
     if dir_confs is None:
         source, where = (options, prefix) if options.get("dirs") else (defaults, ("defaults",))
         text = source.get("dirs") or cfg.DEFAULT_DIRS
-        dirs = [_Dir(p, (*where, "dirs"), p == cfg.DEV_SHM, None) for p in text.split(",")]
+        builtin = not source.get("dirs")
+        dirs = [_Dir(p, (*where, "dirs"), p == cfg.DEV_SHM, None, builtin) for p in text.split(",")]
     else:
         dirs = []
         for index, entry in enumerate(dir_confs or []):
@@ -435,7 +539,13 @@ def _check_layout(doc: _Doc, defaults: dict, options: dict, prefix: Path) -> Non
             continue
         seen[norm] = d
         if isinstance(base, str) and base.startswith("/"):
-            if cfg.is_under(d.path, base):
+            if cfg.is_under(d.path, base) and d.builtin:
+                doc.issue(
+                    base_where,
+                    f"the private directory {d.path!r} is at or under base_path {base!r} "
+                    f"(dirs defaults to {cfg.DEFAULT_DIRS})",
+                )
+            elif cfg.is_under(d.path, base):
                 doc.issue(d.where, f"directory {d.path!r} is at or under base_path {base!r}")
             elif cfg.is_under(base, d.path):
                 doc.issue(
