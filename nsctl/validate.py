@@ -149,7 +149,9 @@ class _Doc:
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, path)
         if id(node) in self.active:
-            self.node_issue(node, path, "invalid YAML: an alias refers to a node that contains it")
+            line, column = self.marks[path]  # where the alias is used, not where it points
+            message = "invalid YAML: an alias refers to a node that contains it"
+            self.issues.append(Issue(self.file, line, column, format_path(path), message))
             return None
         self.active.add(id(node))
         try:

@@ -1,0 +1,909 @@
+"""The strict validator, rule by rule, with exact messages (E3-E10 where they concern config)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from nsctl import validate as checker
+from nsctl.validate import Issue
+
+F = "ns.yaml"
+
+
+def check(text: str) -> checker.Checked:
+    return checker.check_text(textwrap.dedent(text).lstrip("\n"), F)
+
+
+def lines(text: str) -> list[str]:
+    return [str(issue) for issue in check(text).issues]
+
+
+def one(text: str) -> str:
+    found = lines(text)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# unknown keys (E7)
+
+
+def test_e7_unknown_key_with_did_you_mean():
+    assert lines(
+        """
+        defaults:
+          base_paht: /var/ns
+          sharde: true
+          completely_else: 1
+        """
+    ) == [
+        "ns.yaml:2:3: defaults.base_paht: unknown key 'base_paht' (did you mean 'base_path'?)",
+        "ns.yaml:3:3: defaults.sharde: unknown key 'sharde' (did you mean 'shared'?)",
+        "ns.yaml:4:3: defaults.completely_else: unknown key 'completely_else'",
+    ]
+
+
+def test_e7_unknown_keys_are_rejected_at_every_level():
+    assert lines(
+        """
+        defualts: {}
+        node_confs:
+          - nodes: n1
+            option: {}
+            options:
+              dir_confs:
+                - path: /tmp
+                  tmpf: true
+        """
+    ) == [
+        "ns.yaml:1:1: defualts: unknown key 'defualts' (did you mean 'defaults'?)",
+        "ns.yaml:4:5: node_confs[0].option: unknown key 'option' (did you mean 'options'?)",
+        "ns.yaml:8:11: node_confs[0].options.dir_confs[0].tmpf: unknown key 'tmpf' "
+        "(did you mean 'tmpfs'?)",
+    ]
+
+
+def test_e7_top_level_disable_bpf_token_gets_a_hint():
+    assert one("disable_bpf_token: true\n") == (
+        "ns.yaml:1:1: disable_bpf_token: unknown top-level key 'disable_bpf_token': it belongs "
+        "inside defaults or node_confs[].options (namespace.yaml(5) lists it at the top level, "
+        "but Slurm ignores it there)"
+    )
+
+
+def test_option_key_at_top_level_and_nodes_inside_options_get_hints():
+    assert lines(
+        """
+        base_path: /var/ns
+        node_confs:
+          - nodes: n1
+            options:
+              nodes: n2
+        """
+    ) == [
+        "ns.yaml:1:1: base_path: unknown top-level key 'base_path': it belongs inside defaults "
+        "or node_confs[].options",
+        "ns.yaml:5:7: node_confs[0].options.nodes: unknown key 'nodes': it belongs in the "
+        "node_confs entry, beside options",
+    ]
+
+
+def test_keys_are_case_sensitive():
+    assert one("defaults: {Base_Path: /x}") == (
+        "ns.yaml:1:12: defaults.Base_Path: unknown key 'Base_Path' (did you mean 'base_path'?)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# types (E8)
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ('"maybe"', "the string 'maybe'"),
+        ('"yes"', "the string 'yes'"),
+        ('"true"', "the string 'true'"),
+        ("1", "the number 1"),
+        ("null", "nothing (null)"),
+        ("[true]", "a list"),
+    ],
+)
+def test_e8_only_yaml_booleans_are_booleans(value, got):
+    """E8: Slurm turns any non-empty string (even "maybe") into true; nsctl refuses."""
+    assert one(f"defaults:\n  shared: {value}\n") == (
+        f"ns.yaml:2:3: defaults.shared: expected a boolean (true or false), got {got}"
+    )
+
+
+@pytest.mark.parametrize("value", ["yes", "no", "on", "off", "True", "FALSE"])
+def test_e8_unquoted_yaml_1_1_boolean_words_are_booleans(value):
+    """PyYAML reads unquoted yes/no/on/off as YAML 1.1 booleans; quoted they are strings."""
+    checked = check(f"defaults:\n  base_path: /x\n  shared: {value}\n")
+    assert checked.valid
+    assert isinstance(checked.data["defaults"]["shared"], bool)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-5", "must be 0 or more, got -5"),
+        ("2.5", "expected a whole number, got the number 2.5"),
+        ('"20"', "expected a whole number, got the string '20'"),
+        ("true", "expected a whole number, got the boolean true"),
+        ("4294968", "must be at most 4294967, got 4294968"),
+    ],
+)
+def test_e8_waits_are_non_negative_integers(value, message):
+    assert one(f"defaults:\n  clone_ns_epilog_wait: {value}\n") == (
+        f"ns.yaml:2:3: defaults.clone_ns_epilog_wait: {message}"
+    )
+
+
+def test_wait_limits_accept_zero_and_the_maximum():
+    assert check("defaults: {clone_ns_script_wait: 0, clone_ns_epilog_wait: 4294967}").valid
+
+
+def test_wrong_shapes():
+    assert lines(
+        """
+        defaults:
+          base_path: 123
+          dirs: [/tmp]
+          dir_confs: /tmp
+          init_script: true
+        node_confs:
+          n1: {}
+        """
+    ) == [
+        "ns.yaml:2:3: defaults.base_path: expected a string, got the number 123",
+        "ns.yaml:3:3: defaults.dirs: expected a string, got a list",
+        "ns.yaml:4:3: defaults.dir_confs: expected a list, got the string '/tmp'",
+        "ns.yaml:5:3: defaults.init_script: expected a string, got the boolean true",
+        "ns.yaml:6:1: node_confs: expected a list, got a mapping",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hello", "ns.yaml:1:1: expected a mapping, got the string 'hello'"),
+        ("- a", "ns.yaml:1:1: expected a mapping, got a list"),
+        ("defaults:", "ns.yaml:1:1: defaults: expected a mapping, got nothing (null)"),
+    ],
+)
+def test_document_shapes(text, message):
+    assert one(text) == message
+
+
+def test_required_keys_and_empty_values():
+    assert lines(
+        """
+        node_confs:
+          - nodes: n1
+          - options: {}
+          - nodes: ""
+            options: {}
+          - nodes: []
+            options:
+              base_path: ""
+              dir_confs:
+                - options: noexec
+                - /tmp
+        """
+    ) == [
+        "ns.yaml:2:5: node_confs[0]: missing required key 'options'",
+        "ns.yaml:3:5: node_confs[1]: missing required key 'nodes'",
+        "ns.yaml:4:5: node_confs[2].nodes: must not be empty",
+        "ns.yaml:6:5: node_confs[3].nodes: must not be empty",
+        "ns.yaml:8:7: node_confs[3].options.base_path: must not be empty",
+        "ns.yaml:10:11: node_confs[3].options.dir_confs[0]: missing required key 'path'",
+        "ns.yaml:11:11: node_confs[3].options.dir_confs[1]: expected a mapping, got the string "
+        "'/tmp'",
+    ]
+
+
+def test_a_non_string_inside_a_list_is_reported_at_the_item():
+    """The schema's oneOf (list or string) must not hide which list item is wrong."""
+    assert lines(
+        """
+        defaults:
+          clone_ns_flags: [CLONE_NEWPID, 3]
+        node_confs:
+          - nodes: [n1, 5]
+            options: {}
+        """
+    ) == [
+        "ns.yaml:2:34: defaults.clone_ns_flags[1]: expected a string, got the number 3",
+        "ns.yaml:4:17: node_confs[0].nodes[1]: expected a string, got the number 5",
+    ]
+
+
+def test_oneof_with_neither_shape():
+    assert lines(
+        """
+        defaults:
+          clone_ns_flags: {a: 1}
+        node_confs:
+          - nodes: 7
+            options: {}
+        """
+    ) == [
+        "ns.yaml:2:3: defaults.clone_ns_flags: expected a list of flag names or a "
+        "comma-separated string, got a mapping",
+        "ns.yaml:4:5: node_confs[0].nodes: expected a hostlist string or a non-empty list of "
+        "hostlist strings, got the number 7",
+    ]
+
+
+def test_bad_hostlists():
+    assert lines(
+        """
+        node_confs:
+          - nodes: "n[1-"
+            options: {}
+          - nodes: [n1, "x[3-1]"]
+            options: {}
+        """
+    ) == [
+        "ns.yaml:2:5: node_confs[0].nodes: bad hostlist 'n[1-': unbalanced brackets",
+        "ns.yaml:4:17: node_confs[1].nodes[1]: bad hostlist 'x[3-1]': start > stop",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# paths, base_path, escapes (E10)
+
+
+def test_relative_paths_are_errors():
+    assert lines(
+        """
+        defaults:
+          base_path: var/ns
+          dirs: /tmp,scratch
+          clone_ns_script: ns.sh
+          clone_ns_epilog: ./epi
+          init_script: init
+          user_ns_script: user
+        node_confs:
+          - nodes: n1
+            options:
+              dir_confs:
+                - path: tmp
+                  base_path: data
+        """
+    ) == [
+        "ns.yaml:2:3: defaults.base_path: base_path must be an absolute path, got 'var/ns'",
+        "ns.yaml:3:3: defaults.dirs: directory must be an absolute path, got 'scratch'",
+        "ns.yaml:4:3: defaults.clone_ns_script: clone_ns_script must be an absolute path, "
+        "got 'ns.sh'",
+        "ns.yaml:5:3: defaults.clone_ns_epilog: clone_ns_epilog must be an absolute path, "
+        "got './epi'",
+        "ns.yaml:6:3: defaults.init_script: init_script must be an absolute path, got 'init'",
+        "ns.yaml:7:3: defaults.user_ns_script: user_ns_script must be an absolute path, got 'user'",
+        "ns.yaml:12:11: node_confs[0].options.dir_confs[0].path: directory must be an absolute "
+        "path, got 'tmp'",
+        "ns.yaml:13:11: node_confs[0].options.dir_confs[0].base_path: base_path must be an "
+        "absolute path, got 'data'",
+    ]
+
+
+@pytest.mark.parametrize("value", ["none", "None", "NONE"])
+def test_base_path_none_is_valid_in_any_case(value):
+    assert check(f"defaults: {{base_path: {value}}}").valid
+
+
+def test_e20_base_path_starting_with_none_is_an_error():
+    """E20: Slurm disables the plugin for anything that starts with "none" (4-char prefix)."""
+    assert one("defaults: {base_path: nonexistent}") == (
+        "ns.yaml:1:12: defaults.base_path: base_path 'nonexistent' is neither 'none' nor an "
+        "absolute path (Slurm would treat anything starting with 'none' as none and silently "
+        "disable the plugin)"
+    )
+
+
+def test_e10_escapes_in_dir_paths():
+    """E10: Slurm's stdio expander would act on %x, %J, %s...; nsctl allows %j %S %u %% only."""
+    assert lines(
+        """
+        defaults:
+          base_path: /var/ns
+          dirs: /d/%j,/e/%%x,/f/%n
+          dir_confs:
+            - path: /s/%u/%S/%j/100%%
+            - path: /s/%x
+            - path: /t/%J
+            - path: /u/%
+        """
+    ) == [
+        "ns.yaml:3:3: defaults.dirs: unknown escape %n in a directory path (nsctl expands %j, "
+        "%S, %u and %%)",
+        "ns.yaml:3:3: defaults.dirs: warning: dirs is ignored because dir_confs is set",
+        "ns.yaml:6:7: defaults.dir_confs[1].path: unknown escape %x in a directory path (nsctl "
+        "expands %j, %S, %u and %%)",
+        "ns.yaml:7:7: defaults.dir_confs[2].path: unknown escape %J in a directory path (nsctl "
+        "expands %j, %S, %u and %%)",
+        "ns.yaml:8:7: defaults.dir_confs[3].path: a lone % at the end of a directory path (nsctl "
+        "expands %j, %S, %u and %%)",
+    ]
+
+
+def test_e10_backslash_in_a_dir_path():
+    """E10: a backslash anywhere makes Slurm skip expansion and drop the backslashes."""
+    assert one("defaults:\n  dir_confs:\n    - path: '/s/a\\b'\n") == (
+        "ns.yaml:3:7: defaults.dir_confs[0].path: backslash in a directory path (Slurm would "
+        "drop it and skip expansion)"
+    )
+
+
+def test_e20_escapes_in_base_paths():
+    """base_path and dir base_path expand %h and %n only (and %% is not special there)."""
+    assert lines(
+        """
+        defaults:
+          base_path: /v/%h/%n/%j
+          dir_confs:
+            - path: /s
+              base_path: /d/%u/%%
+            - path: /t
+              base_path: /e/%
+        """
+    ) == [
+        "ns.yaml:2:3: defaults.base_path: unknown escape %j in base_path (nsctl expands %h and %n)",
+        "ns.yaml:5:7: defaults.dir_confs[0].base_path: unknown escape %u in base_path (nsctl "
+        "expands %h and %n)",
+        "ns.yaml:5:7: defaults.dir_confs[0].base_path: unknown escape %% in base_path (nsctl "
+        "expands %h and %n)",
+        "ns.yaml:7:7: defaults.dir_confs[1].base_path: a lone % at the end of base_path (nsctl "
+        "expands %h and %n)",
+    ]
+
+
+def test_dirs_string_formatting():
+    assert lines("defaults: {dirs: '/tmp, /dev/shm,'}") == [
+        "ns.yaml:1:12: defaults.dirs: whitespace around '/dev/shm' in dirs (Slurm keeps it)",
+        "ns.yaml:1:12: defaults.dirs: empty entry in dirs (a stray comma?)",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# clone_ns_flags (E4)
+
+
+def test_e4_unknown_flags_are_errors_with_did_you_mean():
+    assert lines(
+        """
+        defaults:
+          clone_ns_flags: CLONE_NEWPID,CLONE_NEWNET
+        node_confs:
+          - nodes: n1
+            options:
+              clone_ns_flags: [clone_newuser, CLONE_NEWPIDX, newpid]
+        """
+    ) == [
+        "ns.yaml:2:3: defaults.clone_ns_flags: unknown namespace flag 'CLONE_NEWNET' (did you "
+        "mean 'CLONE_NEWNS'?); nsctl knows CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER",
+        "ns.yaml:6:39: node_confs[0].options.clone_ns_flags[1]: unknown namespace flag "
+        "'CLONE_NEWPIDX' (did you mean 'CLONE_NEWPID'?); nsctl knows CLONE_NEWNS, "
+        "CLONE_NEWPID, CLONE_NEWUSER",
+        "ns.yaml:6:54: node_confs[0].options.clone_ns_flags[2]: unknown namespace flag 'newpid' "
+        "(did you mean 'CLONE_NEWPID'?); "
+        "nsctl knows CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER",
+    ]
+
+
+def test_e4_substring_matches_are_not_flags():
+    """E4: Slurm would find CLONE_NEWPID inside 'XCLONE_NEWPID'; nsctl wants exact names."""
+    assert one("defaults: {clone_ns_flags: 'XCLONE_NEWPID'}") == (
+        "ns.yaml:1:12: defaults.clone_ns_flags: unknown namespace flag 'XCLONE_NEWPID' (did you "
+        "mean 'CLONE_NEWPID'?); nsctl knows CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER"
+    )
+
+
+@pytest.mark.parametrize("empty", ["[]", "''"])
+def test_e4_empty_node_flags_warn_that_they_do_not_clear(empty):
+    checked = check(f"node_confs:\n  - nodes: n1\n    options:\n      clone_ns_flags: {empty}\n")
+    assert checked.valid
+    assert [str(w) for w in checked.warnings] == [
+        "ns.yaml:4:7: node_confs[0].options.clone_ns_flags: warning: an empty clone_ns_flags "
+        "does not clear the defaults' flags (Slurm only overrides with a non-empty value); "
+        "write [CLONE_NEWNS] to drop PID and user namespaces"
+    ]
+
+
+def test_empty_flags_in_defaults_are_fine():
+    assert check("defaults: {clone_ns_flags: []}").issues == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# mount options (E11)
+
+
+def test_mount_option_tokens():
+    assert lines(
+        """
+        defaults:
+          dir_confs:
+            - path: /tmp
+              options: "noexec,exec,size=1g"
+            - path: /scratch
+              options: "nosuid,mode=0700,,NODEV"
+            - path: /dev/shm
+              options: "size=lots,huge=never,Size=1g"
+            - path: /t2
+              tmpfs: true
+              options: "rw,nr_inodes=10k,uid=0,gid=x,mode=1777,size=50%,relatime"
+        """
+    ) == [
+        "ns.yaml:4:7: defaults.dir_confs[0].options: unknown mount option 'exec' (did you mean "
+        "'noexec'?)",
+        "ns.yaml:4:7: defaults.dir_confs[0].options: 'size=1g' is a tmpfs option; it has no "
+        "effect on a bind mount",
+        "ns.yaml:6:7: defaults.dir_confs[1].options: 'mode=0700' is a tmpfs option; it has no "
+        "effect on a bind mount",
+        "ns.yaml:6:7: defaults.dir_confs[1].options: empty mount option (two commas in a row?)",
+        "ns.yaml:8:7: defaults.dir_confs[2].options: bad value for size= in 'size=lots'",
+        "ns.yaml:8:7: defaults.dir_confs[2].options: unknown mount option 'Size=1g' (did you "
+        "mean 'size='?)",
+        "ns.yaml:11:7: defaults.dir_confs[3].options: unknown mount option 'rw'",
+        "ns.yaml:11:7: defaults.dir_confs[3].options: bad value for gid= in 'gid=x'",
+    ]
+
+
+def test_all_known_mount_options_are_accepted_on_tmpfs():
+    options = "noexec,nosuid,nodev,ro,noatime,nodiratime,relatime,size=8g,mode=1777,"
+    options += "nr_inodes=1m,uid=0,gid=0,huge=within_size"
+    assert check(
+        f"defaults:\n  dir_confs:\n    - {{path: /t, tmpfs: true, options: '{options}'}}"
+    ).valid
+
+
+def test_tmpfs_base_path_is_a_warning():
+    checked = check("defaults:\n  dir_confs:\n    - {path: /t, tmpfs: true, base_path: /d}\n")
+    assert checked.valid
+    assert [str(w) for w in checked.warnings] == [
+        "ns.yaml:3:31: defaults.dir_confs[0].base_path: warning: base_path is ignored for tmpfs"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# layout: overlaps (E5), duplicates and collisions (E9), ignored dirs (E3)
+
+
+def test_dir_at_or_under_base_path():
+    assert lines(
+        """
+        defaults:
+          base_path: /var/ns
+          dir_confs:
+            - path: /var/ns/tmp
+            - path: /var/ns
+            - path: /var/nsx
+        """
+    ) == [
+        "ns.yaml:4:7: defaults.dir_confs[0].path: directory '/var/ns/tmp' is at or under "
+        "base_path '/var/ns'",
+        "ns.yaml:5:7: defaults.dir_confs[1].path: directory '/var/ns' is at or under base_path "
+        "'/var/ns'",
+    ]
+
+
+def test_e5_base_path_under_a_private_dir():
+    """E5: Slurm accepts base_path /tmp/slurm with /tmp private; nsctl checks both directions."""
+    assert one("defaults:\n  base_path: /tmp/slurm\n  dirs: /tmp,/dev/shm\n") == (
+        "ns.yaml:2:3: defaults.base_path: base_path '/tmp/slurm' is under the private directory "
+        "'/tmp': the job's own mount would hide it"
+    )
+
+
+def test_e5_node_base_path_under_the_built_in_dirs():
+    assert lines(
+        """
+        node_confs:
+          - nodes: n1
+            options: {base_path: /tmp/x}
+          - nodes: n2
+            options: {base_path: /dev}
+        """
+    ) == [
+        "ns.yaml:3:15: node_confs[0].options.base_path: base_path '/tmp/x' is under the private "
+        "directory '/tmp': the job's own mount would hide it",
+        "ns.yaml:5:15: node_confs[1].options.base_path: the private directory '/dev/shm' is at or "
+        "under base_path '/dev' (dirs defaults to /tmp,/dev/shm)",
+    ]
+
+
+def test_e5_dir_base_path_under_a_dir_target():
+    assert one(
+        """
+        defaults:
+          base_path: /var/ns
+          dir_confs:
+            - path: /scratch
+            - path: /data
+              base_path: /scratch/back
+        """
+    ) == (
+        "ns.yaml:6:7: defaults.dir_confs[1].base_path: base_path '/scratch/back' is under the "
+        "private directory '/scratch'"
+    )
+
+
+def test_e5_node_entry_is_checked_against_inherited_dirs():
+    assert one(
+        """
+        defaults:
+          base_path: /var/ns
+          dir_confs:
+            - path: /scratch
+        node_confs:
+          - nodes: n1
+            options:
+              base_path: /scratch/ns
+        """
+    ) == (
+        "ns.yaml:8:7: node_confs[0].options.base_path: base_path '/scratch/ns' is under the "
+        "private directory '/scratch': the job's own mount would hide it"
+    )
+
+
+def test_dir_base_path_equal_to_base_path_is_fine():
+    """The man page example does this: the backing dir then sits beside .ns and .J."""
+    assert (
+        check(
+            "defaults:\n  base_path: /v\n  dir_confs:\n    - {path: /scratch, base_path: /v}\n"
+        ).issues
+        == ()
+    )
+
+
+def test_e9_duplicates_after_trailing_slash_normalisation():
+    assert lines(
+        """
+        defaults:
+          base_path: /var/ns
+          dirs: /tmp,/tmp/,/dev/shm
+          dir_confs:
+            - path: /scratch
+            - path: /scratch//
+        """
+    )[1:] == [
+        "ns.yaml:6:7: defaults.dir_confs[1].path: duplicate directory '/scratch//' (already "
+        "listed as '/scratch')",
+    ]
+    assert one("defaults:\n  dirs: /tmp,/tmp/,/dev/shm\n") == (
+        "ns.yaml:2:3: defaults.dirs: duplicate directory '/tmp/' (already listed as '/tmp')"
+    )
+
+
+def test_e9_backing_name_collisions():
+    assert one(
+        """
+        defaults:
+          dir_confs:
+            - path: /a/b
+            - path: /a_b
+            - path: /c/d
+              base_path: /elsewhere
+            - path: /c_d
+            - path: /e_f
+              tmpfs: true
+            - path: /e/f
+        """
+    ) == (
+        "ns.yaml:4:7: defaults.dir_confs[1].path: directories '/a/b' and '/a_b' would share the "
+        "backing directory '_a_b'"
+    )
+
+
+def test_e3_node_dirs_ignored_when_defaults_has_dir_confs_is_a_warning():
+    checked = check(
+        """
+        defaults:
+          base_path: /var/ns
+          dir_confs:
+            - path: /tmp
+        node_confs:
+          - nodes: n1
+            options:
+              dirs: /tmp,/scratch
+        """
+    )
+    assert checked.valid
+    assert [str(i) for i in checked.issues] == [
+        "ns.yaml:8:7: node_confs[0].options.dirs: warning: dirs is ignored on these nodes because "
+        "defaults sets dir_confs, which takes precedence; set dir_confs here instead"
+    ]
+
+
+def test_an_error_inherited_from_defaults_is_reported_once():
+    text = "defaults:\n  base_path: /v\n  dirs: /v/t\n"
+    text += "node_confs:\n" + "".join(f"  - {{nodes: n{i}, options: {{}}}}\n" for i in range(5))
+    assert one(text) == "ns.yaml:3:3: defaults.dirs: directory '/v/t' is at or under base_path '/v'"
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML itself
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "defaults:\n  base_path: /v\n   shared: true\n",
+            "ns.yaml:3:10: invalid YAML: mapping values are not allowed in this context",
+        ),
+        (
+            "defaults:\n  base_path: [/v\nnode_confs: 1\n",
+            "ns.yaml:3:11: invalid YAML: did not find expected ',' or ']'",
+        ),
+        (
+            "defaults:\n\tbase_path: /v\n",
+            "ns.yaml:2:1: invalid YAML: found character that cannot start any token",
+        ),
+        ("a: 'unterminated\n", "ns.yaml:2:1: invalid YAML: found unexpected end of stream"),
+        ("a: *nowhere\n", "ns.yaml:1:4: invalid YAML: found undefined alias"),
+        (
+            "--- a\n--- b\n",
+            "ns.yaml:2:1: invalid YAML: expected a single document in the stream: but found "
+            "another document",
+        ),
+    ],
+)
+def test_malformed_yaml_gives_the_parser_line_and_column(text, message):
+    checked = checker.check_text(text, F)
+    assert [str(i) for i in checked.issues] == [message]
+    assert checked.data is None and not checked.valid
+
+
+def test_duplicate_keys_are_errors():
+    assert lines(
+        """
+        defaults:
+          base_path: /var/ns
+          shared: true
+          base_path: /var/other
+        defaults: {}
+        """
+    ) == [
+        "ns.yaml:4:3: defaults.base_path: duplicate key",
+        "ns.yaml:5:1: defaults: duplicate key",
+    ]
+
+
+def test_recursive_aliases_are_reported_not_a_crash():
+    assert lines("defaults: &x\n  base_path: *x\n") == [
+        "ns.yaml:2:3: defaults.base_path: invalid YAML: an alias refers to a node that contains it",
+        "ns.yaml:2:3: defaults.base_path: expected a string, got nothing (null)",
+    ]
+
+
+def test_alias_bombs_are_reported_not_expanded():
+    text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for level in range(1, 7):
+        prev, name = chr(96 + level), chr(97 + level)
+        text += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]\n"
+    assert lines(text)[0].startswith("ns.yaml:")
+    assert (
+        "invalid YAML: more than 1000000 values (aliases nested inside aliases?)" in lines(text)[0]
+    )
+
+
+def test_deep_nesting_is_reported_not_a_crash():
+    """libyaml's composer recurses in C: 200,000 levels would overflow the stack (a segfault)."""
+    text = "a: " + "[" * 200_000 + "]" * 200_000 + "\n"
+    assert lines(text) == ["ns.yaml:1:53: invalid YAML: nested more than 50 levels deep"]
+
+
+def test_plain_aliases_are_fine():
+    text = "defaults: &d\n  base_path: /v\nnode_confs:\n  - nodes: n1\n    options: *d\n"
+    assert check(text).valid
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "defaults: {base_path: !foo /x}",
+            "ns.yaml:1:23: defaults.base_path: invalid YAML: unsupported tag '!foo'",
+        ),
+        (
+            "defaults: {shared: !!binary eA==}",
+            "ns.yaml:1:20: defaults.shared: invalid YAML: unsupported tag '!!binary'",
+        ),
+        (
+            "defaults: {clone_ns_script_wait: !!int abc}",
+            "ns.yaml:1:34: defaults.clone_ns_script_wait: invalid YAML: 'abc' is not a valid int",
+        ),
+        ("defaults: !!set {a}", "ns.yaml:1:11: defaults: invalid YAML: unsupported tag '!!set'"),
+    ],
+)
+def test_yaml_tags_other_than_plain_scalars_are_reported(text, message):
+    assert message in lines(text)
+
+
+def test_dates_are_text():
+    """YAML 1.1 would make 2024-01-01 a date; Slurm (and nsctl) see the text."""
+    assert one("defaults: {base_path: 2024-01-01}") == (
+        "ns.yaml:1:12: defaults.base_path: base_path must be an absolute path, got '2024-01-01'"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n", "---\n", "{}"])
+def test_empty_documents_are_valid(text):
+    checked = checker.check_text(text, F)
+    assert checked.valid and checked.issues == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# positions, reporting
+
+
+def test_all_errors_are_reported_in_one_run_in_file_order():
+    found = lines(
+        """
+        defaults:
+          base_paht: /var/ns
+          shared: "maybe"
+          clone_ns_script_wait: -1
+        node_confs:
+          - nodes: n1
+            options:
+              base_path: relative
+          - nodes: n2
+            options:
+              clone_ns_flags: CLONE_NEWNET
+              dir_confs:
+                - path: /tmp
+                  options: size=1g
+        """
+    )
+    assert [line.split(": ", 2)[:2] for line in found] == [
+        ["ns.yaml:2:3", "defaults.base_paht"],
+        ["ns.yaml:3:3", "defaults.shared"],
+        ["ns.yaml:4:3", "defaults.clone_ns_script_wait"],
+        ["ns.yaml:8:7", "node_confs[0].options.base_path"],
+        ["ns.yaml:11:7", "node_confs[1].options.clone_ns_flags"],
+        ["ns.yaml:14:11", "node_confs[1].options.dir_confs[0].options"],
+    ]
+
+
+def test_nested_key_positions_follow_the_issue_example():
+    """The issue's example: `namespace.yaml:14:7: node_confs[1].options.base_path: ...`."""
+    text = "\n".join(
+        [
+            "# line 1",
+            "defaults:",
+            "  base_path: /var/ns",
+            "node_confs:",
+            "  - nodes: n1",
+            "    options:",
+            "      shared: true",
+            "",
+            "",
+            "",
+            "",
+            "  - nodes: n2",
+            "    options:",
+            "      base_path: x",
+        ]
+    )
+    issue = checker.check_text(text, "namespace.yaml").errors[0]
+    assert (issue.line, issue.column, issue.path) == (14, 7, "node_confs[1].options.base_path")
+    assert str(issue).startswith("namespace.yaml:14:7: node_confs[1].options.base_path: ")
+
+
+def test_issue_formatting_and_json_form():
+    issue = Issue("f.yaml", 3, 5, "defaults.shared", "bad", "warning")
+    assert str(issue) == "f.yaml:3:5: defaults.shared: warning: bad"
+    assert str(Issue("f.yaml", 0, 0, "", "cannot read: x")) == "f.yaml: cannot read: x"
+    assert issue.as_dict() == {
+        "file": "f.yaml",
+        "line": 3,
+        "column": 5,
+        "path": "defaults.shared",
+        "severity": "warning",
+        "message": "bad",
+    }
+    assert checker.format_path(("node_confs", 1, "options", "dir_confs", 0, "path")) == (
+        "node_confs[1].options.dir_confs[0].path"
+    )
+
+
+def test_check_file_reads_files_and_reports_unreadable_ones(tmp_path):
+    good = tmp_path / "ns.yaml"
+    good.write_text("defaults: {base_path: /v}\n")
+    assert checker.check_file(str(good)).valid
+    assert checker.check_file(str(good), display="shown.yaml").file == "shown.yaml"
+    missing = checker.check_file(str(tmp_path / "nope.yaml"))
+    assert [str(i) for i in missing.issues] == [
+        f"{tmp_path}/nope.yaml: cannot read: No such file or directory"
+    ]
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert checker.check_file(str(binary)).issues[0].message.startswith("cannot read: ")
+
+
+def test_example_is_valid_without_warnings():
+    checked = checker.check_file("examples/namespace.yaml")
+    assert checked.valid and checked.issues == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-node report
+
+
+REPORT_DOC = """
+defaults:
+  base_path: /var/x
+node_confs:
+  - nodes: "n[01-04]"
+    options: {base_path: /var/a}
+  - nodes: ["n[03-04]", "n05"]
+    options: {base_path: /var/b}
+  - nodes: "n[01-02]"
+    options: {base_path: /var/c}
+  - nodes: "gpu[1-2]"
+    options: {base_path: none}
+  - nodes: "zz1"
+    options: {shared: true}
+"""
+
+
+def test_node_report_groups_shadowed_multiple_and_unused():
+    data = check(REPORT_DOC).data
+    report = checker.node_report(data, ["n01", "n02", "n03", "n04", "n05", "n06", "gpu1", "gpu2"])
+    assert report.as_dict() == {
+        "nodes": [
+            {"nodes": "n[01-04]", "entry": "node_confs[0]", "enabled": True, "base_path": "/var/a"},
+            {"nodes": "n05", "entry": "node_confs[1]", "enabled": True, "base_path": "/var/b"},
+            {"nodes": "n06", "entry": "defaults", "enabled": True, "base_path": "/var/x"},
+            {
+                "nodes": "gpu[1-2]",
+                "entry": "node_confs[3]",
+                "enabled": False,
+                "reason": "base_path is none (node_confs[3])",
+            },
+        ],
+        "shadowed": [{"entry": "node_confs[2]", "nodes": "n[01-02]"}],
+        "multiple_matches": [
+            {
+                "nodes": "n[01-02]",
+                "entries": ["node_confs[0]", "node_confs[2]"],
+                "applies": "node_confs[0]",
+            },
+            {
+                "nodes": "n[03-04]",
+                "entries": ["node_confs[0]", "node_confs[1]"],
+                "applies": "node_confs[0]",
+            },
+        ],
+        "unused_entries": ["node_confs[2]", "node_confs[4]"],
+    }
+
+
+def test_shadowing_needs_every_node_claimed_by_earlier_entries_together():
+    data = check(
+        """
+        node_confs:
+          - {nodes: "a[1-2]", options: {}}
+          - {nodes: "a[3-4]", options: {}}
+          - {nodes: "a[2-3]", options: {}}
+          - {nodes: "a[4-5]", options: {}}
+        """
+    ).data
+    assert checker.shadowed_entries(data) == [{"entry": "node_confs[2]", "nodes": "a[2-3]"}]
+
+
+def test_node_report_with_no_configuration():
+    report = checker.node_report(None, ["n1", "n2"])
+    assert report.as_dict()["nodes"] == [
+        {
+            "nodes": "n[1-2]",
+            "entry": None,
+            "enabled": False,
+            "reason": "namespace.yaml sets nothing",
+        }
+    ]
