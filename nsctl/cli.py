@@ -209,3 +209,174 @@ def show_config(config_file: Optional[str], node: Optional[str], fmt: str, expla
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     if not resolved.enabled:
         click.echo(f"nsctl is disabled on {resolved.node}: {resolved.disabled_reason}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup / teardown / join
+
+
+def _job_options(func):
+    for option in reversed(
+        [
+            click.option("--job-id", metavar="ID", help="Job id [default: $SLURM_JOB_ID]."),
+            click.option("--uid", metavar="UID", help="Job user id [default: $SLURM_JOB_UID]."),
+            click.option("--gid", metavar="GID", help="Job group id [default: $SLURM_JOB_GID]."),
+            click.option("--user", metavar="NAME", help="Job user [default: $SLURM_JOB_USER]."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _verbose_option(func):
+    return click.option("-v", "--verbose", is_flag=True, help="Log every step.")(func)
+
+
+def _check_holder(path: Optional[str]) -> Optional[str]:
+    import stat
+
+    if path is None:
+        return None
+    if not os.path.isabs(path):
+        raise click.BadParameter("must be an absolute path", param_hint="--holder")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--holder") from None
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or not st.st_mode & 0o100:
+        raise click.BadParameter(
+            f"{path} must be an executable owned by root and writable only by root",
+            param_hint="--holder",
+        )
+    return path
+
+
+@main.command()
+@_config_option
+@_node_option
+@_job_options
+@click.option("--dry-run", is_flag=True, help="Print every step setup would take; change nothing.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "ignore"]),
+    default="fail",
+    show_default=True,
+    help="fail: exit 1 (in a Prolog this drains the node, as Slurm does). ignore: log the "
+    "failure and exit 0, so the job runs without isolation.",
+)
+@click.option(
+    "--holder",
+    metavar="PATH",
+    help="Use this holder program for PID namespaces "
+    "(the small C holder from contrib/slurm/spank) instead of a minimal Python one.",
+)
+@_verbose_option
+def setup(config_file, node, job_id, uid, gid, user, dry_run, on_error, holder, verbose):
+    """Build a job's namespaces and private mounts (run from the Prolog).
+
+    Every step is undone when one fails. A job that is already set up is left as it is; what an
+    earlier run of the same job id left behind is cleaned first. Exits 0 when nsctl is disabled
+    on this node.
+    """
+    from . import engine, plan
+    from .jobs import resolve_job
+    from .layout import index_path
+    from .loader import load_node_config
+    from .log import job_logger
+
+    log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
+    try:
+        holder = _check_holder(holder)
+        job = resolve_job(job_id, uid, gid, user)
+        resolved = load_node_config(config.config_path(config_file), config.node_name(node))
+        if not resolved.enabled:
+            log.info("nsctl is disabled on %s: %s", resolved.node, resolved.disabled_reason)
+            return
+        index_file = index_path(job.job_id)
+        the_plan = plan.plan_setup(resolved, job, index_file, os.environ)
+        if dry_run:
+            click.echo(the_plan.describe())
+            return
+        if os.geteuid() != 0:
+            raise NsctlError("setup needs root")
+        teardown_plan = plan.plan_teardown(resolved, job.job_id, index_file, os.environ)
+        result = engine.setup(the_plan, teardown_plan, log, holder)
+        if verbose:
+            log.info("setup: %s", result.status)
+    except NsctlError as exc:
+        log.error("setup failed: %s", exc)
+        if on_error == "ignore":
+            log.warning("--on-error ignore: the job runs without private directories")
+            return
+        sys.exit(Exit.FAILURE)
+
+
+@main.command()
+@_config_option
+@_node_option
+@click.option("--job-id", metavar="ID", help="Job id [default: $SLURM_JOB_ID].")
+@click.option("--dry-run", is_flag=True, help="Print what teardown would do; change nothing.")
+@_verbose_option
+def teardown(config_file, node, job_id, dry_run, verbose):
+    """Destroy a job's namespaces and delete its files (run from the Epilog).
+
+    Safe (never follows a symlink or crosses a mount) and idempotent: a job that never existed,
+    was half set up or is already gone succeeds. Exits 1 when something had to be left behind.
+    """
+    from . import engine, plan
+    from .errors import ConfigError
+    from .layout import check_job_id, index_path, read_index
+    from .loader import load_node_config
+    from .log import job_logger
+
+    log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
+    failed = False
+    try:
+        job_id = check_job_id(job_id or os.environ.get("SLURM_JOB_ID"))
+        try:
+            resolved = load_node_config(config.config_path(config_file), config.node_name(node))
+        except ConfigError as exc:
+            log.error("%s; tearing down from the runtime index only", exc)
+            resolved, failed = None, True
+        index_file = index_path(job_id)
+        teardown_plan = plan.plan_teardown(
+            resolved, job_id, index_file, os.environ, read_index(job_id)
+        )
+        if dry_run:
+            click.echo(teardown_plan.describe())
+            return
+        if os.geteuid() != 0:
+            raise NsctlError("teardown needs root")
+        leftovers = engine.teardown(teardown_plan, log)
+        if leftovers:
+            raise NsctlError(f"left behind: {', '.join(leftovers)}")
+    except NsctlError as exc:
+        log.error("teardown failed: %s", exc)
+        failed = True
+    if failed:
+        sys.exit(Exit.FAILURE)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--job-id", metavar="ID", help="Job id [default: $SLURM_JOB_ID].")
+@click.option("--as-user", is_flag=True, help="Drop to the job's uid, gid and groups first.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD [ARGS]...]")
+def join(job_id, as_user, command):
+    """Run a command inside a job's namespaces (root only).
+
+    CMD defaults to the caller's login shell, else /bin/sh. The exit status is CMD's; a command
+    killed by signal N exits 128+N.
+    """
+    import pwd
+
+    from . import join as joiner
+    from .layout import check_job_id
+
+    job_id = check_job_id(job_id or os.environ.get("SLURM_JOB_ID"))
+    argv = list(command)
+    if not argv:
+        try:
+            argv = [pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"]
+        except KeyError:
+            argv = ["/bin/sh"]
+    sys.exit(joiner.join(job_id, argv, as_user))

@@ -1,0 +1,130 @@
+"""Run a command inside a job's namespaces (``nsctl join``).
+
+The order is the kernel's, as util-linux nsenter does it: open every namespace file first (after
+joining the user or mount namespace the paths or the rights to open the rest may be gone), then
+setns pid -> user -> mnt with the explicit type, in a single-threaded process, then fork when a
+PID namespace was joined (setns on a PID namespace only places future children there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Optional
+
+from . import libc
+from .errors import InputError, NsctlError
+from .layout import NS_JOIN_ORDER, read_index
+
+_FORWARDED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCONT,
+    signal.SIGWINCH,
+)
+
+
+def _single_threaded() -> bool:
+    return threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
+
+
+def open_namespaces(job_id: str) -> list[tuple[str, int]]:
+    """Open every namespace file of a live job, in join order."""
+    entry = read_index(job_id)
+    if entry is None:
+        raise InputError(f"job {job_id} has no nsctl namespaces on this node")
+    kinds = [k for k in entry.get("namespaces", "").split(",") if k]
+    if not kinds or any(k not in NS_JOIN_ORDER for k in kinds):
+        raise InputError(f"runtime index entry of job {job_id} lists bad namespaces: {kinds}")
+    ns_dir = entry.get("ns_dir", "")
+    if not os.path.isabs(ns_dir):
+        raise InputError(f"runtime index entry of job {job_id} has a bad ns_dir: {ns_dir!r}")
+    opened: list[tuple[str, int]] = []
+    try:
+        for kind in NS_JOIN_ORDER:
+            if kind in kinds:
+                path = os.path.join(ns_dir, kind)
+                opened.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)))
+    except OSError as exc:
+        for _, fd in opened:
+            os.close(fd)
+        raise NsctlError(f"cannot open {exc.filename}: {exc.strerror}") from None
+    return opened
+
+
+def _drop_to(user: pwd.struct_passwd, gid: int) -> None:
+    os.setgroups(os.getgrouplist(user.pw_name, gid))
+    os.setgid(gid)
+    os.setuid(user.pw_uid)
+    os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+
+
+def _exec(argv: Sequence[str], cwd: str, drop: Optional[tuple[pwd.struct_passwd, int]]) -> None:
+    if drop:
+        _drop_to(*drop)
+    try:
+        os.chdir(cwd)
+    except OSError:
+        os.chdir("/")  # the caller's directory may not exist in the job's view
+    try:
+        os.execvp(argv[0], list(argv))
+    except OSError as exc:
+        os.write(2, f"nsctl: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        os._exit(127 if exc.errno == 2 else 126)
+
+
+def _wait_passing_signals(child: int) -> int:
+    for sig in _FORWARDED:
+        signal.signal(sig, lambda signum, _f: os.kill(child, signum))
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def join(job_id: str, argv: Sequence[str], as_user: bool = False) -> int:
+    """Run argv inside the job's namespaces; returns its exit status (128+N for signal N)."""
+    if os.geteuid() != 0:
+        raise NsctlError("join needs root (setns requires CAP_SYS_ADMIN)")
+    drop = None
+    entry = read_index(job_id)
+    if as_user and entry:
+        try:
+            drop = (pwd.getpwuid(int(entry["uid"])), int(entry["gid"]))
+        except (KeyError, ValueError):
+            raise InputError(f"job {job_id}: the job's user no longer exists") from None
+    if not _single_threaded():
+        raise NsctlError("join must run single-threaded (setns into a user or mount namespace)")
+    cwd = os.getcwd()
+    opened = open_namespaces(job_id)
+    try:
+        for kind, fd in opened:
+            try:
+                libc.setns(fd, libc.NAMESPACES[kind])
+            except OSError as exc:
+                raise NsctlError(
+                    f"cannot join the {kind} namespace of job {job_id}: {exc.strerror}"
+                ) from None
+    finally:
+        for _, fd in opened:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if not any(kind == "pid" for kind, _ in opened):
+        _exec(argv, cwd, drop)
+    child = os.fork()
+    if child == 0:
+        _exec(argv, cwd, drop)
+    return _wait_passing_signals(child)

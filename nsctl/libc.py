@@ -1,0 +1,140 @@
+"""ctypes over libc: mount, umount2, unshare, setns, prctl. Errors become OSError with the path.
+
+Loaded once with ``use_errno``; every wrapper turns -1 into ``OSError(errno, strerror, path)``
+and retries EINTR. Flags are ``unsigned long`` as mount(2) declares them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import os
+from typing import Optional
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_libc.mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+)
+_libc.mount.restype = ctypes.c_int
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.umount2.restype = ctypes.c_int
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.unshare.restype = ctypes.c_int
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.setns.restype = ctypes.c_int
+_libc.prctl.argtypes = (
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+)
+_libc.prctl.restype = ctypes.c_int
+
+
+class MS(enum.IntFlag):
+    RDONLY = 0x1
+    NOSUID = 0x2
+    NODEV = 0x4
+    NOEXEC = 0x8
+    REMOUNT = 0x20
+    NOATIME = 0x400
+    NODIRATIME = 0x800
+    BIND = 0x1000
+    REC = 0x4000
+    PRIVATE = 1 << 18
+    SLAVE = 1 << 19
+    SHARED = 1 << 20
+    RELATIME = 1 << 21
+
+
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+
+
+class CLONE(enum.IntFlag):
+    NEWNS = 0x00020000
+    NEWUSER = 0x10000000
+    NEWPID = 0x20000000
+
+
+# namespace kind -> (setns type, /proc/PID/ns file name), in the order jobs are joined.
+NAMESPACES = {"pid": CLONE.NEWPID, "user": CLONE.NEWUSER, "mnt": CLONE.NEWNS}
+
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
+
+# The seven option words Slurm turns into mount flags.
+MOUNT_FLAG_BITS = {
+    "noexec": MS.NOEXEC,
+    "nosuid": MS.NOSUID,
+    "nodev": MS.NODEV,
+    "ro": MS.RDONLY,
+    "noatime": MS.NOATIME,
+    "nodiratime": MS.NODIRATIME,
+    "relatime": MS.RELATIME,
+}
+
+
+def _encode(value: Optional[str]) -> Optional[bytes]:
+    return None if value is None else os.fsencode(value)
+
+
+def _check(result: int, path: Optional[str] = None) -> None:
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+
+
+def _call(func, *args, path: Optional[str] = None) -> int:
+    while True:
+        result = func(*args)
+        if result != -1 or ctypes.get_errno() != 4:  # EINTR
+            _check(result, path)
+            return result
+
+
+def mount(
+    source: Optional[str],
+    target: str,
+    fstype: Optional[str] = None,
+    flags: int = 0,
+    data: Optional[str] = None,
+) -> None:
+    _call(
+        _libc.mount,
+        _encode(source),
+        _encode(target),
+        _encode(fstype),
+        int(flags),
+        _encode(data),
+        path=target,
+    )
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _call(_libc.umount2, _encode(target), flags, path=target)
+
+
+def unshare(flags: int) -> None:
+    _call(_libc.unshare, int(flags))
+
+
+def setns(fd: int, nstype: int, path: Optional[str] = None) -> None:
+    # Always pass the explicit type: 0 would skip the kernel's check that fd is that kind.
+    _call(_libc.setns, fd, int(nstype), path=path)
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _call(_libc.prctl, option, arg2, 0, 0, 0)
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants (a namespace's PID 1 after its parent exits) are re-parented to us."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)

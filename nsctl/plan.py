@@ -1,0 +1,371 @@
+"""Pure planning: a resolved node config and a job become a tuple of small, concrete operations.
+
+Nothing here touches the system. ``setup --dry-run`` prints exactly the plan the engine would run;
+the engine executes it in order. Teardown is planned from the config and the job id alone, so it
+works on a job whose setup never finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from .config import NodeConfig, expand_job_path
+from .errors import InputError
+from .jobs import Job
+from .layout import NS_JOIN_ORDER, JobPaths
+
+ROOT = 0
+KEEP = -1  # leave the group unchanged
+
+
+# --- host-side operations (run by nsctl itself, in the host's namespaces) --------------------
+
+
+@dataclass(frozen=True)
+class EnsureBase:
+    """B (or a per-dir base) must exist as a real directory; created 0755 when ``create``."""
+
+    path: str
+    create: bool
+
+    def describe(self) -> str:
+        how = "create (mode 0755) if missing" if self.create else "must exist"
+        return f"base directory {self.path}: {how}"
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+    mode: int
+    uid: int = ROOT
+    gid: int = KEEP
+
+    def describe(self) -> str:
+        owner = f"uid {self.uid}" + ("" if self.gid == KEEP else f", gid {self.gid}")
+        return f"mkdir {self.path} (mode {self.mode:04o}, {owner})"
+
+
+@dataclass(frozen=True)
+class BindSelfPrivate:
+    path: str
+
+    def describe(self) -> str:
+        return f"bind-mount {self.path} onto itself and make it rprivate"
+
+
+@dataclass(frozen=True)
+class MakeNsFile:
+    kind: str
+    path: str
+
+    def describe(self) -> str:
+        return f"create namespace file {self.path} ({self.kind})"
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    """A mount target must already exist as a directory (never a symlink): nsctl never creates it."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"check mount target {self.path} is an existing directory"
+
+
+@dataclass(frozen=True)
+class RunScript:
+    name: str  # config key: init_script, user_ns_script, clone_ns_script, clone_ns_epilog
+    path: str
+    env: tuple[tuple[str, str], ...]
+    timeout: int
+
+    def describe(self) -> str:
+        env = " ".join(f"{k}={v}" for k, v in self.env)
+        return f"run {self.name} {self.path} (limit {self.timeout} s) with env: {env}"
+
+
+# --- operations run inside the new namespaces, by the namespace's first process --------------
+
+
+@dataclass(frozen=True)
+class SetPropagation:
+    shared: bool
+
+    def describe(self) -> str:
+        return "make / rshared then rslave" if self.shared else "make / rprivate"
+
+
+@dataclass(frozen=True)
+class MountProc:
+    def describe(self) -> str:
+        return "mount a fresh procfs on /proc (nosuid,nodev,noexec)"
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: str
+    target: str
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        remount = f", then remount {','.join(self.flags)}" if self.flags else ""
+        return f"bind-mount {self.source} on {self.target}{remount}"
+
+
+@dataclass(frozen=True)
+class TmpfsMount:
+    target: str
+    flags: tuple[str, ...]  # always includes nosuid,nodev
+    data: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        options = ",".join(self.flags + self.data)
+        return f"mount a fresh tmpfs on {self.target} ({options})"
+
+
+ChildOp = Union[SetPropagation, MountProc, BindMount, TmpfsMount]
+
+
+@dataclass(frozen=True)
+class CreateNamespaces:
+    """Unshare, persist the namespaces on the .ns files, map the user ns, run the child ops."""
+
+    job_id: str
+    kinds: tuple[str, ...]  # of "pid", "user", "mnt", in bind (= join) order
+    ns_files: tuple[tuple[str, str], ...]  # (kind, path)
+    child: tuple[ChildOp, ...]
+    user_ns_script: Optional[RunScript] = None
+
+    @property
+    def holder(self) -> bool:
+        return "pid" in self.kinds
+
+    def describe(self) -> str:
+        kinds = ",".join(self.kinds)
+        lines = [f"unshare namespaces {kinds}; bind /proc/<pid>/ns/{{{kinds}}} onto .ns files"]
+        if "user" in self.kinds:
+            if self.user_ns_script:
+                lines.append("  " + self.user_ns_script.describe() + " (+ SLURM_NS_PID)")
+            else:
+                lines.append("  write uid_map and gid_map: 0 0 4294967295")
+        lines += [f"  in the namespace: {op.describe()}" for op in self.child]
+        if self.holder:
+            lines.append(f"  keep PID 1 alive as the holder 'nsctl: [{self.job_id}:namespace]'")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class WriteIndex:
+    path: str
+    entry: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        return f"write runtime index {self.path}"
+
+
+Op = Union[
+    EnsureBase,
+    MakeDir,
+    BindSelfPrivate,
+    MakeNsFile,
+    CheckTarget,
+    RunScript,
+    CreateNamespaces,
+    WriteIndex,
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: Job
+    paths: JobPaths
+    ops: tuple[Op, ...]
+    targets: tuple[str, ...]  # expanded private directories inside the job, in order
+    dir_job_roots: tuple[str, ...]  # D/J for per-dir bases
+
+    def describe(self) -> str:
+        return "\n".join(f"{n:2d}. {op.describe()}" for n, op in enumerate(self.ops, 1))
+
+
+def script_env(job: Job, env: Mapping[str, str], node: str) -> dict[str, str]:
+    """Exactly the variables Slurm gives init/user_ns/clone_ns scripts (section 2.6)."""
+    result = {
+        "SLURM_JOB_ID": job.job_id,
+        "SLURM_CONF": env.get("SLURM_CONF", ""),
+        "SLURMD_NODENAME": node,
+        "SLURM_JOB_UID": str(job.uid),
+        "SLURM_JOB_GID": str(job.gid),
+        "SLURM_JOB_USER": job.user,
+    }
+    optional = (
+        "SLURM_HET_JOB_ID",
+        "SLURM_JOB_SLUID",
+        "SLURM_NODE_ALIASES",
+        "SLURM_JOB_WORK_DIR",
+        "SLURM_JOB_MEM",
+        "SLURM_JOB_CPUS",
+        "SLURM_JOB_NUM_NODES",
+        "SLURM_JOB_GRES",
+    )
+    result.update({key: env[key] for key in optional if env.get(key)})
+    return result
+
+
+def epilog_env(job_id: str, ns_dir: str, env: Mapping[str, str], node: str) -> dict[str, str]:
+    """clone_ns_epilog gets only these four (SLURM_NS is the .ns directory, not a file: E13)."""
+    return {
+        "SLURM_JOB_ID": job_id,
+        "SLURM_CONF": env.get("SLURM_CONF", ""),
+        "SLURMD_NODENAME": node,
+        "SLURM_NS": ns_dir,
+    }
+
+
+def expanded_targets(config: NodeConfig, job: Job) -> tuple[str, ...]:
+    try:
+        return tuple(
+            expand_job_path(d.path, job.job_id, job.user, job.sluid) for d in config.dir_confs
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, str]) -> Plan:
+    """Every step of ``nsctl setup`` for one job, in order, with every value concrete."""
+    assert config.enabled and config.base_path
+    paths = JobPaths(config.base_path, job.job_id)
+    targets = expanded_targets(config, job)
+    kinds = tuple(
+        kind
+        for kind in NS_JOIN_ORDER
+        if kind == "mnt" or (kind == "pid" and config.pid_ns) or (kind == "user" and config.user_ns)
+    )
+    step_env = script_env(job, env, config.node)
+    src_env = {**step_env, "SLURM_JOB_MOUNTPOINT_SRC": paths.src}
+
+    dir_bases = tuple(dict.fromkeys(d.base_path for d in config.dir_confs if d.base_path))
+    ops: list[Op] = [EnsureBase(config.base_path, config.auto_base_path)]
+    ops += [EnsureBase(base, config.auto_base_path) for base in dir_bases]
+    ops += [CheckTarget(target) for target in targets]
+    ops += [MakeDir(paths.job_dir, 0o700), BindSelfPrivate(paths.job_dir)]
+    ops += [MakeDir(paths.ns_dir, 0o700)]
+    ops += [MakeNsFile(kind, paths.ns_file(kind)) for kind in kinds]
+    ops += [MakeDir(paths.src, 0o700, job.uid)]
+    ops += [MakeDir(paths.dir_job_root(base), 0o700) for base in dir_bases]
+
+    child: list[ChildOp] = [SetPropagation(config.shared)]
+    if config.pid_ns:
+        child.append(MountProc())
+    for dir_conf, target in zip(config.dir_confs, targets):
+        if dir_conf.tmpfs:
+            flags = tuple(dict.fromkeys(dir_conf.flags + ("nosuid", "nodev")))
+            child.append(TmpfsMount(target, flags, dir_conf.data))
+        else:
+            backing = paths.backing(target, dir_conf.base_path)
+            ops.append(MakeDir(backing, 0o700, job.uid, ROOT))
+            child.append(BindMount(backing, target, dir_conf.flags))
+
+    if config.init_script:
+        ops.append(RunScript("init_script", config.init_script, tuple(src_env.items()), 10))
+    user_script = None
+    if config.user_ns and config.user_ns_script:
+        user_script = RunScript(
+            "user_ns_script", config.user_ns_script, tuple(step_env.items()), 10
+        )
+    ops.append(
+        CreateNamespaces(
+            job.job_id,
+            kinds,
+            tuple((kind, paths.ns_file(kind)) for kind in kinds),
+            tuple(child),
+            user_script,
+        )
+    )
+    if config.clone_ns_script:
+        clone_env = {**src_env, "SLURM_NS": paths.ns_file("mnt")}
+        ops.append(
+            RunScript(
+                "clone_ns_script",
+                config.clone_ns_script,
+                tuple(clone_env.items()),
+                config.clone_ns_script_wait,
+            )
+        )
+    entry = {
+        "version": "1",
+        "job_id": job.job_id,
+        "uid": str(job.uid),
+        "gid": str(job.gid),
+        "user": job.user,
+        "job_dir": paths.job_dir,
+        "ns_dir": paths.ns_dir,
+        "namespaces": ",".join(kinds),
+        "holder_pid": "0",
+        "holder_start": "0",
+        "dirs": ",".join(targets),
+        "dir_bases": ",".join(dir_bases),
+    }
+    ops.append(WriteIndex(index_file, tuple(entry.items())))
+    return Plan(job, paths, tuple(ops), targets, tuple(paths.dir_job_root(b) for b in dir_bases))
+
+
+@dataclass(frozen=True)
+class TeardownPlan:
+    """Where a job's files may be: from the config, and from the index entry when there is one
+    (so a job set up under an older config is still found)."""
+
+    job_id: str
+    job_dirs: tuple[str, ...]
+    dir_job_roots: tuple[str, ...]
+    index_file: str
+    epilog: Optional[RunScript] = None
+
+    def describe(self) -> str:
+        lines = []
+        if self.epilog:
+            lines.append(self.epilog.describe())
+        for job_dir in self.job_dirs:
+            lines += [
+                f"kill the verified holder of {job_dir}/.ns/pid, if any",
+                f"unmount {job_dir}/.ns/{{pid,user,mnt}} (lazily)",
+                f"delete everything under {job_dir} (no symlinks followed, no mounts crossed)",
+                f"unmount and remove {job_dir}",
+            ]
+        lines += [f"delete {root}" for root in self.dir_job_roots]
+        lines.append(f"remove runtime index {self.index_file}")
+        return "\n".join(f"{n:2d}. {line}" for n, line in enumerate(lines, 1))
+
+
+def plan_teardown(
+    config: Optional[NodeConfig],
+    job_id: str,
+    index_file: str,
+    env: Mapping[str, str],
+    entry: Optional[Mapping[str, str]] = None,
+) -> TeardownPlan:
+    job_dirs: list[str] = []
+    roots: list[str] = []
+    if entry and entry.get("job_dir", "").startswith("/"):
+        job_dirs.append(entry["job_dir"])
+        roots += [
+            JobPaths(b, job_id).job_dir
+            for b in entry.get("dir_bases", "").split(",")
+            if b.startswith("/")
+        ]
+    epilog = None
+    if config is not None and config.enabled and config.base_path:
+        paths = JobPaths(config.base_path, job_id)
+        job_dirs.append(paths.job_dir)
+        roots += [paths.dir_job_root(d.base_path) for d in config.dir_confs if d.base_path]
+        if config.clone_ns_epilog:
+            epilog = RunScript(
+                "clone_ns_epilog",
+                config.clone_ns_epilog,
+                tuple(epilog_env(job_id, paths.ns_dir, env, config.node).items()),
+                config.clone_ns_epilog_wait,
+            )
+    return TeardownPlan(
+        job_id, tuple(dict.fromkeys(job_dirs)), tuple(dict.fromkeys(roots)), index_file, epilog
+    )

@@ -1,0 +1,77 @@
+"""Run a site script (init_script, clone_ns_script, ...) the way Slurm does, but never hang.
+
+The environment is exactly the given variables (no PATH, no HOME), stdin is /dev/null, the script
+runs in a new session so its whole process group can be killed at the time limit, and its output
+goes to an unlinked temporary file (not a pipe: a background child that keeps a pipe open would
+block us past the limit) that is then copied into nsctl's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a timed-out script's process group
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    ok: bool
+    detail: str  # "exit status 3", "killed by signal 9", "timed out after 10 s", ...
+
+
+def _kill_group(pgid: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(GRACE if sig == signal.SIGTERM else 0)
+
+
+def run_script(
+    name: str, path: str, env: Mapping[str, str], timeout: float, log: logging.Logger
+) -> ScriptResult:
+    if not os.path.isabs(path):
+        return ScriptResult(False, f"{path} is not an absolute path")
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        return ScriptResult(False, f"{path} is not an executable file")
+    with tempfile.TemporaryFile() as output:
+        try:
+            proc = subprocess.Popen(
+                [path],
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+            )
+        except OSError as exc:
+            return ScriptResult(False, f"cannot run {path}: {exc.strerror}")
+        try:
+            status = proc.wait(timeout=timeout if timeout > 0 else None)
+            result = ScriptResult(
+                status == 0,
+                f"exit status {status}" if status >= 0 else f"killed by signal {-status}",
+            )
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait()
+            result = ScriptResult(False, f"timed out after {timeout:g} s; process group killed")
+        # A clean exit still leaves no stragglers behind in its group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        output.seek(0)
+        for line in output.read().decode(errors="replace").splitlines():
+            log.info("%s: %s", name, line)
+    return result
