@@ -198,7 +198,10 @@ def slurm_node_hostnames(slurm_conf: Optional[str]) -> dict[str, str]:
         hosts = attrs.get("nodehostname")
         if not hosts:
             continue
-        host_list = hostlist.expand_hostlist(hosts)
+        try:
+            host_list = hostlist.expand_hostlist(hosts)
+        except hostlist.BadHostlist:
+            continue  # slurm.conf is Slurm's to validate: never fail a job over it here
         for index, name in enumerate(names):
             result[name] = host_list[index] if index < len(host_list) else host_list[-1]
     return result
