@@ -2,8 +2,8 @@
 
 The order is the kernel's, as util-linux nsenter does it: open every namespace file first (after
 joining the user or mount namespace the paths or the rights to open the rest may be gone), then
-setns pid -> user -> mnt with the explicit type, in a single-threaded process, then fork when a
-PID namespace was joined (setns on a PID namespace only places future children there).
+setns pid -> user -> mnt with the explicit type, in a single-threaded process, then fork (setns on
+a PID namespace only places future children there) and pass the child's status through.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def join(job_id: str, argv: Sequence[str], as_user: bool = False) -> int:
         for _, fd in opened:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    if not any(kind == "pid" for kind, _ in opened):
-        _exec(argv, cwd, drop)
+    # Always fork: required after joining a PID namespace, and it gives one status convention
+    # (a signal death is 128+N, like a shell) whether or not the job has one.
     child = os.fork()
     if child == 0:
         _exec(argv, cwd, drop)
