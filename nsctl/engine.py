@@ -60,7 +60,7 @@ def _lock(offset: int) -> Iterator[None]:
 
 
 def open_dir_nofollow(path: str) -> int:
-    """An O_PATH fd for ``path``, refusing symlinks in EVERY component (a user cannot redirect it)."""
+    """An O_PATH fd for ``path``, refusing a symlink in ANY component (none can redirect it)."""
     parts = [p for p in path.split("/") if p]
     if ".." in parts or not path.startswith("/"):
         raise OSError(errno.EINVAL, "not a normalised absolute path", path)
@@ -498,7 +498,7 @@ def setup(
                     raise SetupError(step, f"interrupted by {exc}") from None
                 raise
             log.info(
-                "namespaces ready (%s)", "holder pid %d" % holder_pid if holder_pid else "no holder"
+                "namespaces ready (%s)", f"holder pid {holder_pid}" if holder_pid else "no holder"
             )
             return SetupResult("created", holder_pid)
     finally:

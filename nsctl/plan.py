@@ -66,7 +66,7 @@ class MakeNsFile:
 
 @dataclass(frozen=True)
 class CheckTarget:
-    """A mount target must already exist as a directory (never a symlink): nsctl never creates it."""
+    """A mount target must already exist as a directory, never a symlink; nsctl never creates it."""
 
     path: str
 

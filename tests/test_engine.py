@@ -7,12 +7,13 @@ view is observed through `nsctl join --as-user`, i.e. as the unprivileged job us
 from __future__ import annotations
 
 import os
+import pathlib
 import stat
 import subprocess
 import sys
 
 import pytest
-from conftest import mount_points
+from sandbox import mount_points
 
 DEFAULT = """
 defaults:
@@ -140,7 +141,8 @@ def test_pid_namespace_shows_only_the_job_and_pid_1_is_the_holder(lab):
         assert processes[1] == "nsctl: [401:namespace]"
         assert len(processes) == 3, processes  # the holder, sh, ps
         entry = dict(
-            line.split("=", 1) for line in open(os.path.join(lab.run, "jobs", "401")).read().split()
+            line.split("=", 1)
+            for line in pathlib.Path(os.path.join(lab.run, "jobs", "401")).read_text().split()
         )
         holder = int(entry["holder_pid"])
         with open(f"/proc/{holder}/cmdline", "rb") as handle:
@@ -167,7 +169,7 @@ def test_without_a_pid_namespace_there_is_no_holder(lab):
     lab.write_config(DEFAULT)
     setup("402")
     try:
-        entry = open(os.path.join(lab.run, "jobs", "402")).read()
+        entry = pathlib.Path(os.path.join(lab.run, "jobs", "402")).read_text()
         assert "holder_pid=0\n" in entry and "namespaces=mnt\n" in entry
         # The mount namespace lives on through its bind mount alone.
         assert in_job("402", "echo ok").stdout == "ok\n"
@@ -379,9 +381,9 @@ def test_setup_is_idempotent_and_teardown_too(lab):
     lab.write_config(DEFAULT + "  clone_ns_flags: [CLONE_NEWPID]\n")
     setup("1001")
     index = os.path.join(lab.run, "jobs", "1001")
-    first = open(index).read()
+    first = pathlib.Path(index).read_text()
     setup("1001")  # already fully set up: success, no change
-    assert open(index).read() == first
+    assert pathlib.Path(index).read_text() == first
     teardown("1001")
     teardown("1001")  # already gone: success
     nsctl("teardown", "--job-id", "1002")  # never existed: success
