@@ -40,7 +40,12 @@ class DemoFailed(Exception):
 def _run(echo: Callable[[str], None], env: dict, *args: str) -> str:
     echo(f"$ nsctl {' '.join(shlex.quote(a) for a in args)}")
     result = subprocess.run(
-        [sys.executable, "-m", "nsctl", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "nsctl", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",  # never pick up a source tree in the current directory instead of this nsctl
     )
     for line in (result.stdout + result.stderr).splitlines():
         echo(f"    {line}")
@@ -111,6 +116,7 @@ def run(echo: Callable[[str], None]) -> int:
             [sys.executable, "-m", "nsctl", "teardown", "--job-id", JOB_ID],
             env=env,
             capture_output=True,
+            cwd="/",
         )
         return 1
     finally:
