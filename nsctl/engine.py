@@ -484,6 +484,12 @@ def setup(
                     elif isinstance(op, plan.CreateNamespaces):
                         holder_pid, holder_start = _create_namespaces(op, holder_path, log)
                     elif isinstance(op, plan.WriteIndex):
+                        # A holder killed since (by clone_ns_script, the OOM killer, an admin)
+                        # took the PID namespace with it: nothing could join this job.
+                        if holder_pid and _proc_field(holder_pid, 3) in (None, "Z", "X"):
+                            raise SetupError(
+                                "holder", f"pid {holder_pid} died before setup finished"
+                            )
                         _write_index(op, holder_pid, holder_start)
                     else:  # pragma: no cover - the plan only holds the types above
                         raise AssertionError(op)
