@@ -417,10 +417,17 @@ def _write_index(op: plan.WriteIndex, holder_pid: int, holder_start: str) -> Non
     os.makedirs(directory, mode=0o755, exist_ok=True)
     tmp = f"{op.path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(format_index(entry))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, op.path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(format_index(entry))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, op.path)
+    except BaseException:
+        # A full /run must not leave a half-written entry behind (the rollback removes only
+        # the real name).
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def is_live(paths: JobPaths, entry: Optional[dict]) -> bool:
