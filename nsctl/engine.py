@@ -266,7 +266,10 @@ def _child_main(
         try:
             _child_op(child_op)
         except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
+            # A /proc/self/fd/N path (we mount through O_PATH fds) means nothing to the reader;
+            # the step's description already names the source and target.
+            named = exc.filename and not str(exc.filename).startswith("/proc/self/fd/")
+            where = f" ({exc.filename})" if named else ""
             _send(status_fd, f"err {child_op.describe()}: {exc.strerror}{where}")
             os._exit(1)
     _send(status_fd, "ok")
