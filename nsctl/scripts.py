@@ -66,6 +66,15 @@ def run_script(
             _kill_group(proc.pid)
             proc.wait()
             result = ScriptResult(False, f"timed out after {timeout:g} s; process group killed")
+        except BaseException:
+            # nsctl itself was interrupted (SIGTERM from slurmd): its rollback must not leave
+            # the script's session running behind it.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+            raise
         # A clean exit still leaves no stragglers behind in its group.
         try:
             os.killpg(proc.pid, signal.SIGKILL)
