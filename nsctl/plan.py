@@ -245,7 +245,12 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
     step_env = script_env(job, env, config.node)
     src_env = {**step_env, "SLURM_JOB_MOUNTPOINT_SRC": paths.src}
 
-    dir_bases = tuple(dict.fromkeys(d.base_path for d in config.dir_confs if d.base_path))
+    # A per-dir base equal to B puts the backing dir in B/J itself, beside .ns and .J.
+    dir_bases = tuple(
+        dict.fromkeys(
+            d.base_path for d in config.dir_confs if d.base_path and d.base_path != config.base_path
+        )
+    )
     ops: list[Op] = [EnsureBase(config.base_path, config.auto_base_path)]
     ops += [EnsureBase(base, config.auto_base_path) for base in dir_bases]
     ops += [CheckTarget(target) for target in targets]
@@ -358,7 +363,11 @@ def plan_teardown(
     if config is not None and config.enabled and config.base_path:
         paths = JobPaths(config.base_path, job_id)
         job_dirs.append(paths.job_dir)
-        roots += [paths.dir_job_root(d.base_path) for d in config.dir_confs if d.base_path]
+        roots += [
+            paths.dir_job_root(d.base_path)
+            for d in config.dir_confs
+            if d.base_path and d.base_path != config.base_path
+        ]
         if config.clone_ns_epilog:
             epilog = RunScript(
                 "clone_ns_epilog",

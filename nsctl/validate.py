@@ -456,6 +456,8 @@ def _check_dir_path(doc: _Doc, path: Path, value: Any, escapes: str) -> None:
         return
     if "\\" in value:
         doc.issue(path, "backslash in a directory path (Slurm would drop it and skip expansion)")
+    if "," in value or any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        doc.issue(path, "a directory path may not contain a comma or a control character")
     _check_escapes(doc, path, value, escapes, "a directory path")
 
 

@@ -432,3 +432,23 @@ def test_setup_output_pipes_close_when_setup_exits(lab):
         assert proc.returncode == 0
     finally:
         teardown("1401")
+
+
+def test_a_dir_base_path_equal_to_base_path_backs_it_inside_the_job_dir(lab):
+    """namespace.yaml(5)'s EXAMPLE does this: the backing dir sits beside .ns and .J (section 10)."""
+    (lab.dir / "scratch").mkdir()
+    lab.write_config(
+        DEFAULT
+        + f"""  dir_confs:
+    - path: {lab.dir}/scratch
+      base_path: "@BASE@"
+"""
+    )
+    setup("1501")
+    try:
+        in_job("1501", f"echo x > {lab.dir}/scratch/f")
+        backing = pathlib.Path(lab.base, "1501", str(lab.dir / "scratch").replace("/", "_"))
+        assert (backing / "f").read_text() == "x\n"
+    finally:
+        teardown("1501")
+    assert lab.job_files() == []
