@@ -23,6 +23,7 @@ The SPANK plugin (contrib/slurm/spank) and ``nsctl join`` read it; its keys are:
     holder_pid=P              (0 when there is no PID namespace)
     holder_start=T            (field 22 of /proc/P/stat, so a reused pid is never trusted)
     dirs=/tmp,/dev/shm        (the private directories inside the job, expanded)
+    dir_bases=/scratch        (per-dir base paths other than B, so teardown finds D/J)
 """
 
 from __future__ import annotations
