@@ -121,6 +121,22 @@ def test_matching_entry_returns_the_first_index_or_none():
     assert config.matching_entry({}, "a") is None
 
 
+def test_resolve_with_a_known_entry_index_skips_the_search():
+    """node_report passes the index it already computed; the result must be the same."""
+    data = doc(
+        """
+        defaults: {base_path: /var/ns}
+        node_confs:
+          - {nodes: "n[1-2]", options: {base_path: /var/a}}
+          - {nodes: "n[2-3]", options: {base_path: /var/b}}
+        """
+    )
+    for node, index in (("n1", 0), ("n2", 0), ("n3", 1), ("n4", None)):
+        assert config.resolve(data, node, index=index) == config.resolve(data, node)
+    assert config.resolve(data, "n2", index=1).base_path == "/var/b"
+    assert config.resolve(data, "n2", index=None).entry == "defaults"
+
+
 def test_hostlist_zero_padding_matters():
     """n[01-04] covers n01..n04, and n1 is a different node."""
     text = """

@@ -515,7 +515,9 @@ def test_e5_node_base_path_under_the_built_in_dirs():
     ]
 
 
-def test_e5_dir_base_path_under_a_dir_target():
+def test_e5_e6_dir_base_path_under_a_dir_target():
+    """E5/E6: mounts are made in list order, so a backing path under an earlier dir target would
+    resolve into the job's private copy; nsctl refuses it."""
     assert one(
         """
         defaults:
