@@ -1,0 +1,119 @@
+"""A job namespace made by hand with util-linux, plus an index entry in nsctl's format.
+
+It lets the SPANK plugin be tested on its own, with index entries nsctl would never write. The
+layout follows nsctl/layout.py: ``<root>/<J>`` bind-mounted onto itself and private, the
+namespace files in ``<root>/<J>/.ns``. Inside the mount namespace /tmp is a fresh tmpfs holding
+the file ``handmade``, so a task can tell that it joined.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+from slurmlab import LabError, mounts_under, run
+
+MARKER = "handmade"
+
+
+class HandmadeNamespace:
+    def __init__(self, root: Path, index_dir: Path, job_id: str, uid: int, pid_ns: bool = False):
+        self.job_dir = root / job_id
+        self.ns_dir = self.job_dir / ".ns"
+        self.index = index_dir / job_id
+        self.job_id = job_id
+        self.uid = uid
+        self.kinds = ("pid", "mnt") if pid_ns else ("mnt",)
+        self.holder: Optional[subprocess.Popen] = None
+
+    def create(self) -> HandmadeNamespace:
+        self.job_dir.mkdir(mode=0o700, parents=True)
+        run(["mount", "--bind", str(self.job_dir), str(self.job_dir)])
+        run(["mount", "--make-private", str(self.job_dir)])
+        self.ns_dir.mkdir(mode=0o700)
+        for kind in self.kinds:
+            (self.ns_dir / kind).touch(mode=0o600)
+        make_tmp = f"mount -t tmpfs -o mode=1777 none /tmp && touch /tmp/{MARKER}"
+        mnt = f"--mount={self.ns_dir / 'mnt'}"
+        if "pid" in self.kinds:
+            # A PID namespace needs a live PID 1 for as long as tasks are to enter it.
+            self.holder = subprocess.Popen(
+                ["unshare", f"--pid={self.ns_dir / 'pid'}", mnt, "--fork", "--mount-proc",
+                 "--propagation", "private", "sh", "-c", f"{make_tmp} && exec sleep infinity"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            self._wait_joinable()
+        else:
+            run(["unshare", mnt, "--propagation", "private", "sh", "-c", make_tmp])
+        return self
+
+    def _wait_joinable(self) -> None:
+        probe = ["nsenter", f"--mount={self.ns_dir / 'mnt'}", "test", "-e", f"/tmp/{MARKER}"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            bound = all(str(self.ns_dir / k) in mounts_under(str(self.ns_dir)) for k in self.kinds)
+            if bound and subprocess.run(probe, capture_output=True).returncode == 0:
+                return
+            time.sleep(0.02)
+        raise LabError(f"hand-made namespace for job {self.job_id} never became joinable")
+
+    def entry(self, **overrides: str) -> dict[str, str]:
+        entry = {
+            "version": "1",
+            "job_id": self.job_id,
+            "uid": str(self.uid),
+            "gid": str(self.uid),
+            "user": "nsctltest",
+            "job_dir": str(self.job_dir),
+            "ns_dir": str(self.ns_dir),
+            "namespaces": ",".join(self.kinds),
+            "holder_pid": str(self.holder_pid() or 0),
+            "holder_start": "0",
+            "dirs": "/tmp",
+        }
+        entry.update(overrides)
+        return entry
+
+    def write_index(self, text: Optional[str] = None, mode: int = 0o644, **overrides: str) -> None:
+        """Write the entry atomically, root-owned, as nsctl does (or exactly `text`)."""
+        if text is None:
+            text = "".join(f"{k}={v}\n" for k, v in self.entry(**overrides).items())
+        self.index.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.index.with_name(f".{self.job_id}.new")
+        partial.write_text(text)
+        partial.chmod(mode)
+        os.replace(partial, self.index)
+
+    def holder_pid(self) -> Optional[int]:
+        """The `sleep` that is PID 1 of the namespace: the only child of our unshare."""
+        if not self.holder:
+            return None
+        children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children")
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            return None
+        return int(pids[0]) if len(pids) == 1 else None
+
+    def destroy(self) -> None:
+        self.index.unlink(missing_ok=True)
+        if self.holder:
+            # `unshare --fork` ignores SIGTERM; killing its child (verified above) ends both.
+            pid = self.holder_pid()
+            if pid and pid > 1:
+                os.kill(pid, signal.SIGKILL)
+            try:
+                self.holder.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.holder.kill()
+                self.holder.wait()
+        for kind in self.kinds:
+            run(["umount", "-l", str(self.ns_dir / kind)], check=False)
+        run(["umount", "-l", str(self.job_dir)], check=False)
+        shutil.rmtree(self.job_dir, ignore_errors=True)
