@@ -338,6 +338,16 @@ def test_e10_backslash_in_a_dir_path():
     )
 
 
+def test_dir_path_with_a_comma_or_control_character():
+    """The runtime index lists the dirs comma-separated, one key per line."""
+    assert lines("defaults:\n  dir_confs:\n    - path: '/a,b'\n    - path: \"/c\\td\"\n") == [
+        "ns.yaml:3:7: defaults.dir_confs[0].path: a directory path may not contain a comma or a "
+        "control character",
+        "ns.yaml:4:7: defaults.dir_confs[1].path: a directory path may not contain a comma or a "
+        "control character",
+    ]
+
+
 def test_e20_escapes_in_base_paths():
     """base_path and dir base_path expand %h and %n only (and %% is not special there)."""
     assert lines(
