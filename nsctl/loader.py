@@ -1,10 +1,10 @@
 """Load this node's resolved configuration fast, refusing a config that does not validate.
 
 Prologs and Epilogs call this for every job. The resolved ``NodeConfig`` is cached under the
-runtime directory, keyed by the file's identity (device, inode, size, mtime, ctime), the node
-name, the %h value and nsctl's version. Only a cache miss (the file changed, or the node
-rebooted and /run was emptied) reads the YAML and runs the full validator, which imports
-jsonschema; every later job on the node reads one small JSON file.
+runtime directory, keyed by a hash of the file's bytes, the node name, the %h value and nsctl's
+version (a key of stat fields could miss a same-size rewrite within one clock tick). Only a
+cache miss (the file changed, or the node rebooted and /run was emptied) parses the YAML and runs
+the full validator, which imports jsonschema; every later job reads one small JSON file.
 """
 
 from __future__ import annotations
@@ -25,25 +25,10 @@ from .layout import run_dir
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _cache_file(path: str, st: os.stat_result, node: str, hostname: str, env) -> str:
-    identity = "|".join(
-        map(
-            str,
-            (
-                __version__,
-                os.path.realpath(path),
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                node,
-                hostname,
-            ),
-        )
-    )
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:32]
-    return os.path.join(run_dir(env), "cache", f"{digest}.json")
+def _cache_file(content: bytes, node: str, hostname: str, env) -> str:
+    identity = hashlib.sha256(f"{__version__}\0{node}\0{hostname}\0".encode())
+    identity.update(content)
+    return os.path.join(run_dir(env), "cache", f"{identity.hexdigest()[:40]}.json")
 
 
 def _read_cache(path: str) -> Optional[config.NodeConfig]:
@@ -89,17 +74,23 @@ def load_node_config(
     env = os.environ if env is None else env
     hostname = hostname or config.node_hostname(node, env)
     try:
-        st = os.stat(path)
+        with open(path, "rb") as handle:
+            content = handle.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    cache = _cache_file(path, st, node, hostname, env) if use_cache else None
+    cache = _cache_file(content, node, hostname, env) if use_cache else None
     if cache:
         cached = _read_cache(cache)
         if cached is not None:
             return cached
     from . import validate  # cold path only: pulls in jsonschema
 
-    checked = validate.check_file(path)
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    # Validate exactly the bytes that were hashed: no window between key and content.
+    checked = validate.check_text(text, path)
     if not checked.valid:
         lines = "\n".join(str(issue) for issue in checked.errors)
         raise ConfigError(f"{path} is not valid:\n{lines}", checked.errors)
