@@ -548,6 +548,11 @@ def teardown_locked(tp: plan.TeardownPlan, log, run_epilog: bool) -> list[str]:
             )
     leftovers: list[str] = []
     for job_dir in existing:
+        if not stat.S_ISDIR(os.lstat(job_dir).st_mode):
+            # A symlink (or file) where B/J belongs is never entered: its .ns files, holder and
+            # tree would be someone else's. Remove the link itself so setup can go on.
+            leftovers += _report(rmtree.remove_tree(job_dir), log)
+            continue
         ns_dir = os.path.join(job_dir, ".ns")
         pid_ns = _nsfs_id(os.path.join(ns_dir, "pid"))
         if pid_ns:
