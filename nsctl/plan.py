@@ -7,6 +7,7 @@ works on a job whose setup never finished.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -343,6 +344,10 @@ class TeardownPlan:
         return "\n".join(f"{n:2d}. {line}" for n, line in enumerate(lines, 1))
 
 
+def _normal_abs(path: str) -> bool:
+    return path.startswith("/") and path != "/" and os.path.normpath(path) == path
+
+
 def plan_teardown(
     config: Optional[NodeConfig],
     job_id: str,
@@ -352,12 +357,15 @@ def plan_teardown(
 ) -> TeardownPlan:
     job_dirs: list[str] = []
     roots: list[str] = []
-    if entry and entry.get("job_dir", "").startswith("/"):
-        job_dirs.append(entry["job_dir"])
+    # Teardown deletes whatever these name, so an entry is believed only where it has the shape
+    # nsctl writes: normalised absolute paths, the job dir ending in the job id.
+    entry_dir = entry.get("job_dir", "") if entry else ""
+    if _normal_abs(entry_dir) and os.path.basename(entry_dir) == job_id:
+        job_dirs.append(entry_dir)
         roots += [
             JobPaths(b, job_id).job_dir
             for b in entry.get("dir_bases", "").split(",")
-            if b.startswith("/")
+            if _normal_abs(b)
         ]
     epilog = None
     if config is not None and config.enabled and config.base_path:
