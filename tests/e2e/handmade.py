@@ -38,28 +38,50 @@ class HandmadeNamespace:
         self.ns_dir.mkdir(mode=0o700)
         for kind in self.kinds:
             (self.ns_dir / kind).touch(mode=0o600)
-        make_tmp = f"mount -t tmpfs -o mode=1777 none /tmp && touch /tmp/{MARKER}"
-        mnt = f"--mount={self.ns_dir / 'mnt'}"
-        if "pid" in self.kinds:
-            # A PID namespace needs a live PID 1 for as long as tasks are to enter it.
-            self.holder = subprocess.Popen(
-                ["unshare", f"--pid={self.ns_dir / 'pid'}", mnt, "--fork", "--mount-proc",
-                 "--propagation", "private", "sh", "-c", f"{make_tmp} && exec sleep infinity"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-            self._wait_joinable()
-        else:
-            run(["unshare", mnt, "--propagation", "private", "sh", "-c", make_tmp])
-        return self
+        # Inside a non-initial mount namespace (the test sandbox) the kernel refuses to bind a
+        # mount-namespace file now and then (EINVAL; see slurm-lab.md): make it again on
+        # another CPU, as nsctl does.
+        cpus = sorted(os.sched_getaffinity(0))
+        for attempt in range(8):
+            if self._create_on(cpus[attempt % len(cpus)]):
+                return self
+        raise LabError(f"could not make a hand-made namespace for job {self.job_id}")
 
-    def _wait_joinable(self) -> None:
+    def _create_on(self, cpu: int) -> bool:
+        make_tmp = f"mount -t tmpfs -o mode=1777 none /tmp && touch /tmp/{MARKER}"
+        unshare = ["taskset", "-c", str(cpu), "unshare", f"--mount={self.ns_dir / 'mnt'}"]
+        if "pid" not in self.kinds:
+            done = run([*unshare, "--propagation", "private", "sh", "-c", make_tmp], check=False)
+            if done.returncode == 0:
+                return True
+            if "Invalid argument" not in done.stderr:
+                raise LabError(f"unshare failed: {done.stderr}")
+            return False
+        # A PID namespace needs a live PID 1 for as long as tasks are to enter it.
+        self.holder = subprocess.Popen(
+            [*unshare, f"--pid={self.ns_dir / 'pid'}", "--fork", "--mount-proc",
+             "--propagation", "private", "sh", "-c", f"{make_tmp} && exec sleep infinity"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        if self._wait_joinable():
+            return True
+        self.destroy_holder()
+        for kind in self.kinds:
+            run(["umount", "-l", str(self.ns_dir / kind)], check=False)
+        self.holder = None
+        return False
+
+    def _wait_joinable(self) -> bool:
+        """True once the holder's namespaces are bound and /tmp is mounted in them."""
         probe = ["nsenter", f"--mount={self.ns_dir / 'mnt'}", "test", "-e", f"/tmp/{MARKER}"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             bound = all(str(self.ns_dir / k) in mounts_under(str(self.ns_dir)) for k in self.kinds)
             if bound and subprocess.run(probe, capture_output=True).returncode == 0:
-                return
+                return True
+            if self.holder and self.holder.poll() is not None:
+                return False  # unshare gave up (the EINVAL above)
             time.sleep(0.02)
         raise LabError(f"hand-made namespace for job {self.job_id} never became joinable")
 
@@ -101,8 +123,8 @@ class HandmadeNamespace:
             return None
         return int(pids[0]) if len(pids) == 1 else None
 
-    def destroy(self) -> None:
-        self.index.unlink(missing_ok=True)
+    def destroy_holder(self) -> None:
+        """Kill PID 1: the namespace files stay, but nothing can enter the PID namespace."""
         if self.holder:
             # `unshare --fork` ignores SIGTERM; killing its child (verified above) ends both.
             pid = self.holder_pid()
@@ -113,6 +135,10 @@ class HandmadeNamespace:
             except subprocess.TimeoutExpired:
                 self.holder.kill()
                 self.holder.wait()
+
+    def destroy(self) -> None:
+        self.index.unlink(missing_ok=True)
+        self.destroy_holder()
         for kind in self.kinds:
             run(["umount", "-l", str(self.ns_dir / kind)], check=False)
         run(["umount", "-l", str(self.job_dir)], check=False)
