@@ -31,7 +31,6 @@ CHILD_TIMEOUT = 60.0  # seconds for the namespace child to report (its mounts ca
 HOLDER_EXIT_WAIT = 5.0  # seconds to wait for a killed holder to disappear
 BIND_ATTEMPTS = 8  # see _create_namespaces: EINVAL binding an mnt-ns file is retried
 _O_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
-_BASE_LOCK = 0  # byte offset of the lock for first-time base creation (job ids are > 0)
 
 
 class _RetryBind(Exception):
@@ -47,9 +46,13 @@ class _Interrupted(BaseException):
 
 
 @contextlib.contextmanager
-def _lock(offset: int) -> Iterator[None]:
-    """An exclusive POSIX byte-range lock; never inherited by children (the holder)."""
-    path = lock_path("nsctl.lock")
+def _lock(offset: int, name: str = "nsctl.lock") -> Iterator[None]:
+    """An exclusive POSIX byte-range lock; never inherited by children (the holder).
+
+    Closing ANY descriptor of a file drops all of the process's POSIX locks on it, so a lock
+    taken while another is held must be on a different file (the base lock is).
+    """
+    path = lock_path(name)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -150,7 +153,7 @@ def _ensure_base(op: plan.EnsureBase) -> None:
             raise OSError(
                 errno.ENOENT, "base directory does not exist (auto_base_path is off)", op.path
             ) from None
-        with _lock(_BASE_LOCK):
+        with _lock(0, "base.lock"):
             old = os.umask(0o022)
             try:
                 os.makedirs(op.path, mode=0o755, exist_ok=True)
