@@ -123,7 +123,13 @@ def _pids_in_ns(ns_id: tuple[int, int], entry: Optional[dict]) -> list[int]:
             st = os.stat(f"/proc/{pid}/ns/pid")
         except OSError:
             return False
-        return pid > 1 and (st.st_dev, st.st_ino) == ns_id and _is_ns_init(pid)
+        # A zombie still shows its namespace, but a dead PID 1 is a dead namespace: not live.
+        return (
+            pid > 1
+            and (st.st_dev, st.st_ino) == ns_id
+            and _is_ns_init(pid)
+            and _proc_field(pid, 3) not in (None, "Z", "X")
+        )
 
     if entry and entry.get("holder_pid", "0").isdigit():
         pid = int(entry["holder_pid"])
