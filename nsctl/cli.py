@@ -261,14 +261,15 @@ def _check_holder(path: Optional[str]) -> Optional[str]:
     type=click.Choice(["fail", "ignore"]),
     default="fail",
     show_default=True,
-    help="fail: exit 1 (in a Prolog this drains the node, as Slurm does). ignore: log the "
+    help="fail: exit 1, so the job does not start (a failing Prolog drains the node). "
+    "ignore: log the "
     "failure and exit 0, so the job runs without isolation.",
 )
 @click.option(
     "--holder",
     metavar="PATH",
     help="Use this holder program for PID namespaces "
-    "(the small C holder from contrib/slurm/spank) instead of a minimal Python one.",
+    "(the small C holder from contrib/slurm/holder) instead of a minimal Python one.",
 )
 @_verbose_option
 def setup(config_file, node, job_id, uid, gid, user, dry_run, on_error, holder, verbose):
@@ -322,6 +323,7 @@ def teardown(config_file, node, job_id, dry_run, verbose):
 
     Safe (never follows a symlink or crosses a mount) and idempotent: a job that never existed,
     was half set up or is already gone succeeds. Exits 1 when something had to be left behind.
+    With an invalid or missing config it tears down from the runtime index alone.
     """
     from . import engine, plan
     from .errors import ConfigError
@@ -330,14 +332,15 @@ def teardown(config_file, node, job_id, dry_run, verbose):
     from .log import job_logger
 
     log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
-    failed = False
     try:
         job_id = check_job_id(job_id or os.environ.get("SLURM_JOB_ID"))
         try:
             resolved = load_node_config(config.config_path(config_file), config.node_name(node))
         except ConfigError as exc:
+            # Setup refuses such a config; here the index still says where a live job is, and
+            # failing would drain the node even under a fail-open Prolog policy.
             log.error("%s; tearing down from the runtime index only", exc)
-            resolved, failed = None, True
+            resolved = None
         index_file = index_path(job_id)
         teardown_plan = plan.plan_teardown(
             resolved, job_id, index_file, os.environ, read_index(job_id)
@@ -352,8 +355,6 @@ def teardown(config_file, node, job_id, dry_run, verbose):
             raise NsctlError(f"left behind: {', '.join(leftovers)}")
     except NsctlError as exc:
         log.error("teardown failed: %s", exc)
-        failed = True
-    if failed:
         sys.exit(Exit.FAILURE)
 
 

@@ -377,10 +377,16 @@ def plan_teardown(
             if d.base_path and d.base_path != config.base_path
         ]
         if config.clone_ns_epilog:
+            # The job's own .ns directory, even if base_path changed since it was set up.
+            ns_dir = (
+                entry["ns_dir"]
+                if entry and entry.get("ns_dir", "").startswith("/")
+                else paths.ns_dir
+            )
             epilog = RunScript(
                 "clone_ns_epilog",
                 config.clone_ns_epilog,
-                tuple(epilog_env(job_id, paths.ns_dir, env, config.node).items()),
+                tuple(epilog_env(job_id, ns_dir, env, config.node).items()),
                 config.clone_ns_epilog_wait,
             )
     return TeardownPlan(
