@@ -349,7 +349,10 @@ def _create_once(op: plan.CreateNamespaces, cpu: int, holder_path, log) -> tuple
             bound.append(path)
         if "user" in op.kinds:
             _map_user_ns(op, worker, log)
-        os.write(go_write, b"go")
+        try:
+            os.write(go_write, b"go")
+        except BrokenPipeError:  # killed already (e.g. by user_ns_script): say so, not EPIPE
+            raise SetupError("namespace child", "exited without reporting (killed?)") from None
         answer = reader.line(CHILD_TIMEOUT)
         if answer != "ok":
             raise SetupError("namespace setup", answer[4:] if answer.startswith("err ") else answer)
