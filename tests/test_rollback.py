@@ -382,7 +382,7 @@ def test_namespace_process_killed_before_it_reports(lab):
     lab.write_config(USER_NS + f"  user_ns_script: {script}\n")
     result = setup_cmd("34")
     assert result.returncode == 1
-    assert "setup failed: unshare namespaces pid,user,mnt" in result.stderr
+    assert "setup failed: namespace child: exited without reporting (killed?)" in result.stderr
     assert_nothing_left(lab, "34")
 
 
