@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, NamedTuple, Optional
 
 import hostlist
 
@@ -56,8 +55,7 @@ JOB_ESCAPES = {"j": "job id", "S": "SLUID", "u": "user name", "%": "a literal %"
 _ESCAPE_RE = re.compile(r"%(.?)", re.DOTALL)  # "?" so a lone trailing % is an error too
 
 
-@dataclass(frozen=True)
-class DirConf:
+class DirConf(NamedTuple):
     """One private directory, with every default made explicit."""
 
     path: str  # target inside the job; may hold %j %S %u %% (expanded per job)
@@ -71,8 +69,7 @@ class DirConf:
         return ",".join(self.flags + self.data)
 
 
-@dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(NamedTuple):
     """What one node resolves to. ``enabled`` is False when nsctl does nothing there."""
 
     node: str
@@ -91,7 +88,7 @@ class NodeConfig:
     shared: bool = False
     disable_bpf_token: bool = False
     dir_confs: tuple[DirConf, ...] = ()
-    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+    origins: Mapping[str, str] = MappingProxyType({})
 
     @property
     def pid_ns(self) -> bool:
@@ -122,7 +119,7 @@ def config_path(explicit: Optional[str] = None, env: Optional[Mapping[str, str]]
 
 
 def short_hostname() -> str:
-    return socket.gethostname().split(".", 1)[0]
+    return os.uname().nodename.split(".", 1)[0]
 
 
 def node_name(explicit: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> str:

@@ -19,8 +19,7 @@ import signal
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import holder, libc, plan, rmtree
 from .errors import SetupError, TeardownError
@@ -419,8 +418,7 @@ def _create_namespaces(op: plan.CreateNamespaces, holder_path, log) -> tuple[int
 # Setup and teardown
 
 
-@dataclass(frozen=True)
-class SetupResult:
+class SetupResult(NamedTuple):
     status: str  # "created" or "already set up"
     holder_pid: int
 

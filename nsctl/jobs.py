@@ -11,8 +11,7 @@ import os
 import pwd
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .errors import InputError
 from .layout import check_job_id
@@ -20,8 +19,7 @@ from .layout import check_job_id
 _SLUID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     job_id: str
     uid: int
     gid: int

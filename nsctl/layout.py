@@ -31,8 +31,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .errors import InputError
 
@@ -52,8 +51,7 @@ def check_job_id(job_id: Optional[str]) -> str:
     return str(int(job_id))
 
 
-@dataclass(frozen=True)
-class JobPaths:
+class JobPaths(NamedTuple):
     base: str
     job_id: str
 

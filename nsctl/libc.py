@@ -12,7 +12,10 @@ import enum
 import os
 from typing import Optional
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+try:  # the glibc soname; find_library would spawn ldconfig on every run
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # pragma: no cover - another libc
+    _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 _libc.mount.argtypes = (
     ctypes.c_char_p,

@@ -16,13 +16,9 @@ import stat
 from collections.abc import Mapping
 from typing import Optional
 
-import yaml
-
 from . import __version__, config
 from .errors import ConfigError
 from .layout import run_dir
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _cache_file(content: bytes, node: str, hostname: str, env) -> str:

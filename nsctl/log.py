@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 from typing import Optional
 
@@ -23,8 +22,10 @@ def job_logger(job_id: Optional[str], verbose: bool = False) -> logging.Logger:
     stderr.setFormatter(logging.Formatter(f"nsctl: {tag}%(levelname)s: %(message)s"))
     logger.addHandler(stderr)
     if os.path.exists(SYSLOG):
+        from logging.handlers import SysLogHandler  # only when there is a syslog socket
+
         try:
-            syslog = logging.handlers.SysLogHandler(address=SYSLOG)
+            syslog = SysLogHandler(address=SYSLOG)
         except OSError:
             pass  # no syslog daemon listening: stderr still has everything
         else:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 from .config import NodeConfig, expand_job_path
 from .errors import InputError
@@ -24,8 +23,7 @@ KEEP = -1  # leave the group unchanged
 # --- host-side operations (run by nsctl itself, in the host's namespaces) --------------------
 
 
-@dataclass(frozen=True)
-class EnsureBase:
+class EnsureBase(NamedTuple):
     """B (or a per-dir base) must exist as a real directory; created 0755 when ``create``."""
 
     path: str
@@ -36,8 +34,7 @@ class EnsureBase:
         return f"base directory {self.path}: {how}"
 
 
-@dataclass(frozen=True)
-class MakeDir:
+class MakeDir(NamedTuple):
     path: str
     mode: int
     uid: int = ROOT
@@ -48,16 +45,14 @@ class MakeDir:
         return f"mkdir {self.path} (mode {self.mode:04o}, {owner})"
 
 
-@dataclass(frozen=True)
-class BindSelfPrivate:
+class BindSelfPrivate(NamedTuple):
     path: str
 
     def describe(self) -> str:
         return f"bind-mount {self.path} onto itself and make it rprivate"
 
 
-@dataclass(frozen=True)
-class MakeNsFile:
+class MakeNsFile(NamedTuple):
     kind: str
     path: str
 
@@ -65,8 +60,7 @@ class MakeNsFile:
         return f"create namespace file {self.path} ({self.kind})"
 
 
-@dataclass(frozen=True)
-class CheckTarget:
+class CheckTarget(NamedTuple):
     """A mount target must already exist as a directory, never a symlink; nsctl never creates it."""
 
     path: str
@@ -75,8 +69,7 @@ class CheckTarget:
         return f"check mount target {self.path} is an existing directory"
 
 
-@dataclass(frozen=True)
-class RunScript:
+class RunScript(NamedTuple):
     name: str  # config key: init_script, user_ns_script, clone_ns_script, clone_ns_epilog
     path: str
     env: tuple[tuple[str, str], ...]
@@ -90,22 +83,19 @@ class RunScript:
 # --- operations run inside the new namespaces, by the namespace's first process --------------
 
 
-@dataclass(frozen=True)
-class SetPropagation:
+class SetPropagation(NamedTuple):
     shared: bool
 
     def describe(self) -> str:
         return "make / rshared then rslave" if self.shared else "make / rprivate"
 
 
-@dataclass(frozen=True)
-class MountProc:
+class MountProc(NamedTuple):
     def describe(self) -> str:
         return "mount a fresh procfs on /proc (nosuid,nodev,noexec)"
 
 
-@dataclass(frozen=True)
-class BindMount:
+class BindMount(NamedTuple):
     source: str
     target: str
     flags: tuple[str, ...] = ()
@@ -115,8 +105,7 @@ class BindMount:
         return f"bind-mount {self.source} on {self.target}{remount}"
 
 
-@dataclass(frozen=True)
-class TmpfsMount:
+class TmpfsMount(NamedTuple):
     target: str
     flags: tuple[str, ...]  # always includes nosuid,nodev
     data: tuple[str, ...] = ()
@@ -129,8 +118,7 @@ class TmpfsMount:
 ChildOp = Union[SetPropagation, MountProc, BindMount, TmpfsMount]
 
 
-@dataclass(frozen=True)
-class CreateNamespaces:
+class CreateNamespaces(NamedTuple):
     """Unshare, persist the namespaces on the .ns files, map the user ns, run the child ops."""
 
     job_id: str
@@ -157,8 +145,7 @@ class CreateNamespaces:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class WriteIndex:
+class WriteIndex(NamedTuple):
     path: str
     entry: tuple[tuple[str, str], ...]
 
@@ -178,8 +165,7 @@ Op = Union[
 ]
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     job: Job
     paths: JobPaths
     ops: tuple[Op, ...]
@@ -317,8 +303,7 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
     return Plan(job, paths, tuple(ops), targets, tuple(paths.dir_job_root(b) for b in dir_bases))
 
 
-@dataclass(frozen=True)
-class TeardownPlan:
+class TeardownPlan(NamedTuple):
     """Where a job's files may be: from the config, and from the index entry when there is one
     (so a job set up under an older config is still found)."""
 

@@ -13,13 +13,12 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a timed-out script's process group
 
 
-@dataclass(frozen=True)
-class ScriptResult:
+class ScriptResult(NamedTuple):
     ok: bool
     detail: str  # "exit status 3", "killed by signal 9", "timed out after 10 s", ...
 

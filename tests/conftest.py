@@ -51,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def holder_pids() -> set[int]:
+    """Live holders of THIS test run: pytest is their subreaper, so they are its children
+    (another run on the same machine has holders too, and they are none of ours)."""
     pids = set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -59,10 +61,11 @@ def holder_pids() -> set[int]:
             with open(f"/proc/{name}/cmdline", "rb") as handle:
                 cmdline = handle.read()
             with open(f"/proc/{name}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
+                fields = handle.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if cmdline.startswith(b"nsctl: [") and state != b"Z":
+        state, ppid = fields[0], int(fields[1])
+        if cmdline.startswith(b"nsctl: [") and state != b"Z" and ppid == os.getpid():
             pids.add(int(name))
     return pids
 

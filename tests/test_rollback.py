@@ -11,7 +11,6 @@ errno text and the path.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import signal
@@ -72,12 +71,12 @@ def run_setup(lab, job_id: str, edit=None) -> engine.SetupResult:
     """``engine.setup`` in this process (so libc can be faked), on an optionally edited plan."""
     the_plan, teardown_plan = plans(lab, job_id)
     if edit:
-        the_plan = dataclasses.replace(the_plan, ops=tuple(edit(list(the_plan.ops))))
+        the_plan = the_plan._replace(ops=tuple(edit(list(the_plan.ops))))
     return engine.setup(the_plan, teardown_plan, job_logger(job_id))
 
 
 def replace_op(ops: list, kind: type, **changes) -> list:
-    return [dataclasses.replace(op, **changes) if isinstance(op, kind) else op for op in ops]
+    return [op._replace(**changes) if isinstance(op, kind) else op for op in ops]
 
 
 def setup_fails(lab, job_id: str, edit=None) -> str:
@@ -282,8 +281,8 @@ USER_NS = PID_NS.replace("[CLONE_NEWPID]", "[CLONE_NEWPID, CLONE_NEWUSER]")
 def _shorten_user_ns_script(ops):
     def edit(op):
         if isinstance(op, plan.CreateNamespaces):
-            script = dataclasses.replace(op.user_ns_script, timeout=1)
-            return dataclasses.replace(op, user_ns_script=script)
+            script = op.user_ns_script._replace(timeout=1)
+            return op._replace(user_ns_script=script)
         return op
 
     return [edit(op) for op in ops]
@@ -349,12 +348,12 @@ def test_tmpfs_data_token_unknown_to_the_kernel(lab):
         def edit(op):
             if isinstance(op, plan.CreateNamespaces):
                 child = [
-                    dataclasses.replace(c, data=("bogus_token=1",))
+                    c._replace(data=("bogus_token=1",))
                     if isinstance(c, plan.TmpfsMount)
                     else c
                     for c in op.child
                 ]
-                return dataclasses.replace(op, child=tuple(child))
+                return op._replace(child=tuple(child))
             return op
 
         return [edit(op) for op in ops]
