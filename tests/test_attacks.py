@@ -10,7 +10,6 @@ users) is refused before anything is created.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import stat
@@ -285,7 +284,7 @@ def test_mount_target_swapped_after_the_check_is_still_not_followed(lab, sentine
     ops.insert(create, plan.RunScript("init_script", script, (), 10))
     with pytest.raises(SetupError) as caught:
         engine.setup(
-            dataclasses.replace(the_plan, ops=tuple(ops)), teardown_plan, job_logger("308")
+            the_plan._replace(ops=tuple(ops)), teardown_plan, job_logger("308")
         )
     assert f"on {scratch}: a path component is a symlink or not a directory ({scratch})" in str(
         caught.value
