@@ -75,6 +75,13 @@ def sandbox(argv: list[str]) -> None:
         os.execvp("unshare", [*unshare, sys.executable, os.path.abspath(__file__), *argv])
 
 
+def release_mounts(top: str) -> None:
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        points = [line.split()[4] for line in handle if line.split()[4].startswith(top + "/")]
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     start = time.perf_counter()
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -152,6 +159,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         leftovers = os.listdir(base_shell) + (
             os.listdir(base_nsctl) if os.path.isdir(base_nsctl) else []
         )
+        release_mounts(work)  # after a failed step: let the files under them go too
         shutil.rmtree(work, ignore_errors=True)
     if leftovers:
         raise SystemExit(f"left behind: {leftovers}")
