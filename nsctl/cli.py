@@ -233,21 +233,11 @@ def _verbose_option(func):
 
 
 def _check_holder(path: Optional[str]) -> Optional[str]:
-    import stat
+    from .hooks import holder_problem
 
-    if path is None:
-        return None
-    if not os.path.isabs(path):
-        raise click.BadParameter("must be an absolute path", param_hint="--holder")
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--holder") from None
-    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or not st.st_mode & 0o100:
-        raise click.BadParameter(
-            f"{path} must be an executable owned by root and writable only by root",
-            param_hint="--holder",
-        )
+    problem = path and holder_problem(path)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--holder")
     return path
 
 
@@ -279,37 +269,24 @@ def setup(config_file, node, job_id, uid, gid, user, dry_run, on_error, holder, 
     earlier run of the same job id left behind is cleaned first. Exits 0 when nsctl is disabled
     on this node.
     """
-    from . import engine, plan
-    from .jobs import resolve_job
-    from .layout import index_path
-    from .loader import load_node_config
-    from .log import job_logger
+    from .hooks import run_setup
 
-    log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
-    try:
-        holder = _check_holder(holder)
-        job = resolve_job(job_id, uid, gid, user)
-        resolved = load_node_config(config.config_path(config_file), config.node_name(node))
-        if not resolved.enabled:
-            log.info("nsctl is disabled on %s: %s", resolved.node, resolved.disabled_reason)
-            return
-        index_file = index_path(job.job_id)
-        the_plan = plan.plan_setup(resolved, job, index_file, os.environ)
-        if dry_run:
-            click.echo(the_plan.describe())
-            return
-        if os.geteuid() != 0:
-            raise NsctlError("setup needs root")
-        teardown_plan = plan.plan_teardown(resolved, job.job_id, index_file, os.environ)
-        result = engine.setup(the_plan, teardown_plan, log, holder)
-        if verbose:
-            log.info("setup: %s", result.status)
-    except NsctlError as exc:
-        log.error("setup failed: %s", exc)
-        if on_error == "ignore":
-            log.warning("--on-error ignore: the job runs without private directories")
-            return
-        sys.exit(Exit.FAILURE)
+    holder = _check_holder(holder)
+    sys.exit(
+        run_setup(
+            config_file,
+            node,
+            job_id,
+            uid,
+            gid,
+            user,
+            dry_run,
+            on_error,
+            holder,
+            verbose,
+            click.echo,
+        )
+    )
 
 
 @main.command()
@@ -325,37 +302,9 @@ def teardown(config_file, node, job_id, dry_run, verbose):
     was half set up or is already gone succeeds. Exits 1 when something had to be left behind.
     With an invalid or missing config it tears down from the runtime index alone.
     """
-    from . import engine, plan
-    from .errors import ConfigError
-    from .layout import check_job_id, index_path, read_index
-    from .loader import load_node_config
-    from .log import job_logger
+    from .hooks import run_teardown
 
-    log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
-    try:
-        job_id = check_job_id(job_id or os.environ.get("SLURM_JOB_ID"))
-        try:
-            resolved = load_node_config(config.config_path(config_file), config.node_name(node))
-        except ConfigError as exc:
-            # Setup refuses such a config; here the index still says where a live job is, and
-            # failing would drain the node even under a fail-open Prolog policy.
-            log.error("%s; tearing down from the runtime index only", exc)
-            resolved = None
-        index_file = index_path(job_id)
-        teardown_plan = plan.plan_teardown(
-            resolved, job_id, index_file, os.environ, read_index(job_id)
-        )
-        if dry_run:
-            click.echo(teardown_plan.describe())
-            return
-        if os.geteuid() != 0:
-            raise NsctlError("teardown needs root")
-        leftovers = engine.teardown(teardown_plan, log)
-        if leftovers:
-            raise NsctlError(f"left behind: {', '.join(leftovers)}")
-    except NsctlError as exc:
-        log.error("teardown failed: %s", exc)
-        sys.exit(Exit.FAILURE)
+    sys.exit(run_teardown(config_file, node, job_id, dry_run, verbose, click.echo))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

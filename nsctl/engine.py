@@ -19,12 +19,15 @@ import signal
 import stat
 import time
 from collections.abc import Iterator
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from . import holder, libc, plan, rmtree
+from . import holder, libc, plan
 from .errors import SetupError, TeardownError
 from .layout import NS_JOIN_ORDER, JobPaths, format_index, lock_path, read_index
 from .scripts import run_script
+
+if TYPE_CHECKING:
+    from . import rmtree
 
 CHILD_TIMEOUT = 60.0  # seconds for the namespace child to report (its mounts can hit autofs)
 HOLDER_EXIT_WAIT = 5.0  # seconds to wait for a killed holder to disappear
@@ -546,6 +549,8 @@ def teardown(teardown_plan: plan.TeardownPlan, log: logging.Logger) -> list[str]
 
 
 def teardown_locked(tp: plan.TeardownPlan, log, run_epilog: bool) -> list[str]:
+    from . import rmtree  # teardown only: setup needs it just to roll back
+
     entry = read_index(tp.job_id)
     existing = [d for d in tp.job_dirs if os.path.lexists(d)]
     if run_epilog and tp.epilog and existing:
@@ -611,6 +616,8 @@ def _report(result: rmtree.Result, log) -> list[str]:
 
 
 def _remove_job_dir(job_dir: str, log) -> list[str]:
+    from . import rmtree
+
     leftovers = _report(rmtree.remove_contents(job_dir), log)
     try:
         libc.umount2(job_dir, libc.MNT_DETACH | libc.UMOUNT_NOFOLLOW)

@@ -7,7 +7,6 @@ and retries EINTR. Flags are ``unsigned long`` as mount(2) declares them.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import enum
 import os
 from typing import Optional
@@ -15,6 +14,8 @@ from typing import Optional
 try:  # the glibc soname; find_library would spawn ldconfig on every run
     _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 except OSError:  # pragma: no cover - another libc
+    import ctypes.util
+
     _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 _libc.mount.argtypes = (

@@ -1,0 +1,92 @@
+"""nsctl-prolog / nsctl-epilog: the Prolog and Epilog entry points Slurm runs for every job."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+BIN = pathlib.Path(sys.executable).parent
+CONFIG = """
+defaults:
+  base_path: "@BASE@"
+  auto_base_path: true
+  clone_ns_flags: [CLONE_NEWPID]
+"""
+
+
+def hook(name: str, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / name), *args], capture_output=True, text=True, timeout=60, env=env, cwd="/"
+    )
+
+
+def slurm_env(lab, job_id: str) -> dict:
+    """What slurmd gives a Prolog: no PATH, no HOME, the SLURM_* variables."""
+    return {
+        "SLURM_JOB_ID": job_id,
+        "SLURM_JOB_UID": "65534",
+        "SLURM_JOB_USER": "nobody",
+        "SLURM_JOB_GID": "65534",
+        "SLURMD_NODENAME": "node1",
+        "NSCTL_CONFIG": lab.config,
+        "NSCTL_RUN_DIR": lab.run,
+    }
+
+
+def test_prolog_and_epilog_run_a_job_from_slurms_environment(lab):
+    lab.write_config(CONFIG)
+    env = slurm_env(lab, "61")
+    assert hook("nsctl-prolog", env=env).returncode == 0
+    assert lab.index_entries() == ["61"]
+    assert hook("nsctl-prolog", env=env).returncode == 0  # a second run changes nothing
+    result = hook("nsctl-epilog", "-v", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "nsctl: job 61: INFO: killing holder pid" in result.stderr
+    assert lab.index_entries() == [] and lab.job_files() == []
+
+
+def test_prolog_fail_policy(lab):
+    lab.write_config(CONFIG.replace("auto_base_path: true", "auto_base_path: false"))
+    env = slurm_env(lab, "62")
+    failed = hook("nsctl-prolog", env=env)
+    assert failed.returncode == 1
+    assert "base directory does not exist (auto_base_path is off)" in failed.stderr
+    ignored = hook("nsctl-prolog", "--on-error=ignore", env=env)
+    assert ignored.returncode == 0
+    assert "--on-error ignore: the job runs without private directories" in ignored.stderr
+    assert lab.index_entries() == []
+
+
+def test_usage_errors_exit_2_and_help_exits_0(root):
+    assert hook("nsctl-prolog", "--on-error", "maybe").returncode == 2
+    assert (
+        "--on-error must be one of fail, ignore, not 'maybe'"
+        in hook("nsctl-prolog", "--on-error", "maybe").stderr
+    )
+    assert hook("nsctl-prolog", "--holder", "relative/path").returncode == 2
+    assert hook("nsctl-prolog", "--on-error").stderr.endswith("error: --on-error needs a value\n")
+    assert hook("nsctl-epilog", "--on-error=ignore").stderr.endswith(
+        "error: unknown option '--on-error=ignore'\n"
+    )
+    helped = hook("nsctl-prolog", "--help")
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("usage: nsctl-prolog [--on-error fail|ignore]")
+
+
+def test_the_prolog_path_imports_no_cli_no_yaml_no_jsonschema(lab):
+    """With the resolved config cached, a Prolog loads none of the heavy modules."""
+    lab.write_config(CONFIG)
+    env = {**slurm_env(lab, "63"), "PATH": os.environ["PATH"]}
+    code = (
+        "import sys\n"
+        "from nsctl.hooks import run_setup\n"
+        "run_setup(dry_run=True, echo=lambda line: None)\n"
+        "print(sorted(m for m in ('click', 'yaml', 'jsonschema', 'dataclasses') "
+        "if m in sys.modules))\n"
+    )
+    warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "jsonschema" in warm.stdout  # the first run validates and fills the cache
+    hot = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert hot.stdout == "[]\n", hot.stderr
