@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from typing import NamedTuple, Optional
 
@@ -110,12 +111,26 @@ def parse_index(text: str) -> dict[str, str]:
 
 
 def read_index(job_id: str, env: Optional[Mapping[str, str]] = None) -> Optional[dict[str, str]]:
-    """The index entry of a live job, or None when nsctl has none for it."""
+    """The index entry of a live job, or None when nsctl has none for it.
+
+    The entry steers root (teardown deletes where it says), so only a regular file owned by root
+    and writable by root alone is believed; a symlink is never followed.
+    """
+    path = index_path(job_id, env)
     try:
-        with open(index_path(job_id, env), encoding="utf-8") as handle:
-            entry = parse_index(handle.read())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise InputError(f"cannot read runtime index entry {path}: {exc.strerror}") from None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            raise InputError(
+                f"runtime index entry {path} is not trusted: not a regular file owned and "
+                "writable only by root"
+            )
+        entry = parse_index(handle.read(65536))
     if entry.get("version") != INDEX_VERSION or entry.get("job_id") != job_id:
         raise InputError(f"runtime index entry for job {job_id} is not one nsctl wrote")
     return entry

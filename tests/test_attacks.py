@@ -283,9 +283,7 @@ def test_mount_target_swapped_after_the_check_is_still_not_followed(lab, sentine
     create = next(i for i, op in enumerate(ops) if isinstance(op, plan.CreateNamespaces))
     ops.insert(create, plan.RunScript("init_script", script, (), 10))
     with pytest.raises(SetupError) as caught:
-        engine.setup(
-            the_plan._replace(ops=tuple(ops)), teardown_plan, job_logger("308")
-        )
+        engine.setup(the_plan._replace(ops=tuple(ops)), teardown_plan, job_logger("308"))
     assert f"on {scratch}: a path component is a symlink or not a directory ({scratch})" in str(
         caught.value
     )
@@ -323,10 +321,6 @@ def test_index_pointing_teardown_at_a_foreign_directory_is_not_followed(lab, sen
     assert lab.index_entries() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layout.read_index trusts an index file whoever owns it (fix proposed to the lead)",
-)
 def test_index_not_written_by_root_is_not_trusted(lab, sentinel):
     # Shaped like a real entry (.../J), but owned by the user: teardown must not delete there.
     lab.write_config(CONFIG)
@@ -337,7 +331,9 @@ def test_index_not_written_by_root_is_not_trusted(lab, sentinel):
     before = snapshot(sentinel)
     path = _write_index(lab, "310", job_dir=victim, ns_dir=os.path.join(victim, ".ns"))
     os.chown(path, 65534, 65534)
-    nsctl("teardown", "--job-id", "310")
+    result = nsctl("teardown", "--job-id", "310")
+    assert result.returncode == 1
+    assert "is not trusted: not a regular file owned and writable only by root" in result.stderr
     assert snapshot(sentinel) == before
     os.unlink(path)
 
