@@ -435,7 +435,7 @@ def test_setup_output_pipes_close_when_setup_exits(lab):
 
 
 def test_a_dir_base_path_equal_to_base_path_backs_it_inside_the_job_dir(lab):
-    """namespace.yaml(5)'s EXAMPLE does this: the backing dir sits beside .ns and .J (section 10)."""
+    """As in namespace.yaml(5)'s EXAMPLE: the backing dir sits beside .ns and .J."""
     (lab.dir / "scratch").mkdir()
     lab.write_config(
         DEFAULT
