@@ -200,7 +200,11 @@ def test_header_names_this_version(path):
 
 def test_every_command_has_its_own_subsection(nsctl8):
     documented = set(split(nsctl8["COMMANDS"], ".SS")) - {""}
-    assert documented == set(commands())
+    # The Prolog/Epilog console scripts (pyproject's [project.scripts]) share one subsection.
+    assert documented == set(commands()) | {"nsctl-prolog, nsctl-epilog"}
+    hooks = "\n".join(split(nsctl8["COMMANDS"], ".SS")["nsctl-prolog, nsctl-epilog"])
+    for flag in ("--on-error", "--holder", "-v"):
+        assert flag.replace("-", "\\-") in hooks
 
 
 def test_every_command_is_in_the_synopsis(nsctl8):
