@@ -1,9 +1,9 @@
 """Delete a user-controlled directory tree as root without ever leaving it.
 
 Teardown runs as root over directories whose contents belong to the job's user, who may have
-planted symlinks, bind mounts (in a user namespace they cannot, but a leaked job mount can), mode
-000 directories, trees deeper than PATH_MAX, or a process that keeps renaming things while we
-delete. The guarantees, for :func:`remove_tree` and :func:`remove_contents`:
+planted symlinks, mode 000 directories, trees deeper than PATH_MAX, or a process that keeps
+renaming things while we delete; a mount left behind by a failed unmount may sit inside the
+tree too. The guarantees, for :func:`remove_tree` and :func:`remove_contents`:
 
 - **Symlinks are never followed.** Every open uses ``O_NOFOLLOW``; symlinks are unlinked like
   files. A symlink given as the top path is unlinked, not followed.
@@ -20,17 +20,20 @@ delete. The guarantees, for :func:`remove_tree` and :func:`remove_contents`:
 - **Unreadable or unwritable directories** (the user's ``chmod 000``) are made ``0700`` through
   an fd before use (as root this is rarely needed; as the owner it always is). The top's parent
   (or, for :func:`remove_contents`, the directory itself) is never chmod-ed.
-- **Any depth, bounded fds.** The walk is iterative. At most :data:`MAX_OPEN_DIRS` directory fds
-  stay open; older ancestors are closed and later re-opened through the child's ``..``, accepted
-  only if (device, inode, mount id) is the one recorded on the way down. If that fails (the user
-  moved a directory), the path is re-walked from the top by name with the same check at each
-  step; a part that moved away is abandoned, and found again by the re-scan that a parent's
-  ``ENOTEMPTY`` triggers (at most :data:`MAX_SCANS` scans per directory).
+- **Any depth, bounded fds.** The walk is iterative. At most :data:`MAX_OPEN_DIRS` directory
+  fds stay open (plus the top's parent and a few transient ones); older ancestors are closed
+  and later re-opened through the child's ``..``, accepted only if (device, inode, mount id) is
+  the one recorded on the way down. If that fails (the user moved a directory), the path is
+  re-walked from the top by name with the same check at each step; a part that moved away is
+  abandoned, and found again by the re-scan that a parent's ``ENOTEMPTY`` triggers (at most
+  :data:`MAX_SCANS` scans per directory).
 - **Per-entry errors never raise**: they are collected in ``Result.failures``. A missing top is
   success with nothing removed, so teardown can run again.
 
-Files are unlinked while the directory is being read; sub-directories are remembered by name and
-visited after the scan, so only one ``scandir`` stream is open at a time.
+Files are unlinked while the directory is being read (memory stays bounded even for a flat
+directory of millions of files); sub-directories are remembered by name and visited after the
+scan, so only one ``scandir`` stream is open at a time. Single-threaded on purpose: see the
+benchmark (bench/bench_rmtree.py) for how it compares with ``rm -rf --one-file-system``.
 """
 
 from __future__ import annotations
