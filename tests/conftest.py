@@ -29,8 +29,15 @@ def _enter_sandbox() -> None:
     if _SANDBOXED or os.geteuid() != 0:
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) for the test sandbox failed")
+    # Made on CPU 0: namespace ids come in per-CPU batches, and a daemon pinned to the same CPU
+    # (the e2e slurmd) then always creates newer namespaces it can bind (slurm-lab.md).
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) for the test sandbox failed")
+    finally:
+        os.sched_setaffinity(0, affinity)
     # rprivate: nothing mounted by a test propagates back to the host.
     if libc.mount(None, b"/", None, (1 << 18) | 0x4000, None) != 0:
         raise OSError(ctypes.get_errno(), "making / rprivate in the test sandbox failed")

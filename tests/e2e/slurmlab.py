@@ -41,6 +41,9 @@ class LabError(RuntimeError):
     """The lab could not be brought into the requested state (a harness failure, not a test's)."""
 
 
+SANDBOX_CPU = 0  # tests/conftest.py creates the sandbox mount namespace on this CPU
+
+
 def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("timeout", 120)
     result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
@@ -326,7 +329,15 @@ class Lab:
     def start_daemons(self) -> None:
         try:
             run(["slurmctld", "-f", str(self.conf)], env=self.env)
-            run(["slurmd", "-f", str(self.conf), "-N", self.node], env=self.env)
+            # slurmd runs inside the test sandbox's mount namespace. There, binding a new mnt
+            # namespace file fails with EINVAL at random unless that namespace is created on
+            # the CPU the sandbox was made on (slurm-lab.md, the kernel fact): Slurm's own
+            # job_container/tmpfs has no retry, so slurmd and its steps stay on that CPU.
+            run(
+                ["slurmd", "-f", str(self.conf), "-N", self.node],
+                env=self.env,
+                preexec_fn=lambda: os.sched_setaffinity(0, {SANDBOX_CPU}),
+            )
             self.wait_node_state("idle")
         except BaseException:
             self.stop_daemons()
