@@ -14,7 +14,8 @@ The trees must be on a real disk filesystem, not tmpfs (a job's backing director
 the node's disk), so --dir defaults to /var/tmp. Creating an inode costs far more than removing
 one on some virtual disks, so trees are built by many threads at once, each in its own leaf
 directory (creations in one directory serialise on its lock). Before every timed removal the
-filesystem is synced, so that neither tool pays for the other's deferred writes.
+filesystem is synced, so that neither tool pays for the other's deferred writes. The default
+run takes about 6 minutes on a 2-cpu VM, nearly all of it building the 10^6-file trees.
 """
 
 from __future__ import annotations
