@@ -50,6 +50,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # The e2e tests run last: their session-wide Slurm cluster starts on first use, and its
+    # daemons (children of this process, the subreaper) must not exist while other tests check
+    # that they left no process behind.
+    e2e = os.sep + os.path.join("tests", "e2e") + os.sep
+    items.sort(key=lambda item: e2e in str(item.fspath))
     # Tests that need root get the "root" marker from their fixtures, so `-m "not root"` selects
     # the pure tests (run on every supported Python in CI).
     for item in items:

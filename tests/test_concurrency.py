@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sandbox import live_children
 
 CONFIG = """
 defaults:
@@ -38,20 +39,6 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def as_user(job_id: str, script: str) -> subprocess.CompletedProcess:
     return ok(nsctl("join", "--job-id", job_id, "--as-user", "--", "/bin/sh", "-ec", script))
-
-
-def live_children() -> list[int]:
-    """Our children that are not zombies: holders orphaned to the test process, or strays."""
-    children = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != b"Z":
-            children.append(int(name))
-    return children
 
 
 def _cycle(job_id: str) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ import sys
 import time
 
 import pytest
+from sandbox import live_children
 
 from nsctl import engine, layout, libc, plan
 from nsctl.errors import SetupError, TeardownError
@@ -514,19 +515,6 @@ def test_einval_binding_the_mnt_namespace_succeeds_on_a_later_attempt(lab, fake_
     finally:
         assert nsctl("teardown", "--job-id", "44").returncode == 0
     assert_nothing_left(lab, "44")
-
-
-def live_children() -> list[int]:
-    children = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != b"Z":
-            children.append(int(name))
-    return children
 
 
 # ---------------------------------------------------------------------------------------------
