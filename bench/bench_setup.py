@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: `nsctl setup` + `nsctl teardown` of a default job next to the same work in shell.
 
+nsctl runs as Slurm runs it: `nsctl-prolog` and `nsctl-epilog` with the job in SLURM_JOB_*.
+
 The default job (CLONE_NEWNS only; /tmp bind-mounted from B/J/.J/_tmp, /dev/shm a fresh tmpfs)
 is set up and torn down by nsctl, and by a shell script doing the same with util-linux:
 
@@ -131,8 +133,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     retries = 0
 
     def run_nsctl(job: str) -> None:
-        up, _ = timed([*nsctl, "setup", "--job-id", job, "--user", args.user], env)
-        down, _ = timed([*nsctl, "teardown", "--job-id", job], env)
+        # What Slurm runs: the Prolog/Epilog entry points, the job in the environment.
+        job_env = {**env, "SLURM_JOB_ID": job, "SLURM_JOB_USER": args.user}
+        up, _ = timed([f"{nsctl[0]}-prolog"], job_env)
+        down, _ = timed([f"{nsctl[0]}-epilog"], job_env)
         times["nsctl setup"].append(up)
         times["nsctl teardown"].append(down)
 

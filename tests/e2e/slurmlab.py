@@ -52,15 +52,15 @@ def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedPro
     return result
 
 
-def nsctl_executable() -> str:
-    """The installed nsctl console script, as an absolute path (Prolog has no PATH)."""
-    candidate = Path(sys.executable).parent / "nsctl"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which("nsctl")
-    if not found:
-        raise LabError("nsctl is not installed (pip install -e .)")
-    return found
+REPO = Path(__file__).resolve().parents[2]
+
+
+def install_nsctl(venv: Path) -> str:
+    """Install nsctl as the rollout guide says (pip, not editable) into a dedicated venv, and
+    return its console script (the Prolog needs an absolute path: it gets no PATH)."""
+    run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(REPO)], timeout=600)
+    return str(venv / "bin" / "nsctl")
 
 
 def ensure_packages() -> None:
@@ -190,7 +190,7 @@ class Lab:
         self.settings: Optional[tuple] = None
         self.started_munge = False
         self.munge_pid: Optional[int] = None
-        self.nsctl = nsctl_executable()
+        self.nsctl = str(root / "venv" / "bin" / "nsctl")  # installed by prepare()
 
     # ---- bring-up ---------------------------------------------------------------------------
 
@@ -212,6 +212,7 @@ class Lab:
         self.home.mkdir(mode=0o755)
         os.chown(self.home, self.uid, self.gid)
         self.plugin = build_plugin(self.lib)
+        self.nsctl = install_nsctl(self.root / "venv")
         self.start_munge()
 
     def _stop_stale(self) -> None:
