@@ -1,18 +1,19 @@
 """Load this node's resolved configuration fast, refusing a config that does not validate.
 
 Prologs and Epilogs call this for every job. The resolved ``NodeConfig`` is cached under the
-runtime directory, keyed by a hash of the file's bytes, the node name, the %h value and nsctl's
-version (a key of stat fields could miss a same-size rewrite within one clock tick). Only a
-cache miss (the file changed, or the node rebooted and /run was emptied) parses the YAML and runs
-the full validator, which imports jsonschema; every later job reads one small JSON file.
+runtime directory, one entry per file, node name, %h value and nsctl version; the entry holds the
+file's exact text and is used only while the file still reads the same (a key of stat fields
+could miss a same-size rewrite within one clock tick). Only a cache miss (the file changed, or
+the node rebooted and /run was emptied) parses the YAML and runs the full validator, which
+imports jsonschema; every later job reads one small JSON file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
+import zlib
 from collections.abc import Mapping
 from typing import Optional
 
@@ -21,13 +22,14 @@ from .errors import ConfigError
 from .layout import run_dir
 
 
-def _cache_file(content: bytes, node: str, hostname: str, env) -> str:
-    identity = hashlib.sha256(f"{__version__}\0{node}\0{hostname}\0".encode())
-    identity.update(content)
-    return os.path.join(run_dir(env), "cache", f"{identity.hexdigest()[:40]}.json")
+def _cache_file(path: str, node: str, hostname: str, env) -> str:
+    # One entry per (nsctl version, file, node, %h); the entry holds the file's exact text, so
+    # a cheap checksum of the key is enough for the name (no hashlib on the Prolog path).
+    key = f"{__version__}\0{os.path.realpath(path)}\0{node}\0{hostname}".encode()
+    return os.path.join(run_dir(env), "cache", f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json")
 
 
-def _read_cache(path: str) -> Optional[config.NodeConfig]:
+def _read_cache(path: str, source: str) -> Optional[config.NodeConfig]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -39,21 +41,26 @@ def _read_cache(path: str) -> Optional[config.NodeConfig]:
             return None
         try:
             data = json.load(handle)
+            if data["source"] != source:  # the file changed since: this entry is stale
+                return None
             return config.from_dict(data["config"], data["origins"])
         except (ValueError, KeyError, TypeError):
             return None
 
 
-def _write_cache(path: str, resolved: config.NodeConfig) -> None:
+def _write_cache(path: str, source: str, resolved: config.NodeConfig) -> None:
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(
-                {"config": config.to_dict(resolved), "origins": dict(resolved.origins)}, handle
-            )
+            entry = {
+                "source": source,
+                "config": config.to_dict(resolved),
+                "origins": dict(resolved.origins),
+            }
+            json.dump(entry, handle)
         os.replace(tmp, path)
     except OSError:
         pass  # a cache we cannot write only costs speed
@@ -74,23 +81,23 @@ def load_node_config(
             content = handle.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    cache = _cache_file(content, node, hostname, env) if use_cache else None
-    if cache:
-        cached = _read_cache(cache)
-        if cached is not None:
-            return cached
-    from . import validate  # cold path only: pulls in jsonschema
-
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
-    # Validate exactly the bytes that were hashed: no window between key and content.
+    cache = _cache_file(path, node, hostname, env) if use_cache else None
+    if cache:
+        cached = _read_cache(cache, text)
+        if cached is not None:
+            return cached
+    from . import validate  # cold path only: pulls in jsonschema
+
+    # Validate exactly the text that was compared and will be cached: no window between them.
     checked = validate.check_text(text, path)
     if not checked.valid:
         lines = "\n".join(str(issue) for issue in checked.errors)
         raise ConfigError(f"{path} is not valid:\n{lines}", checked.errors)
     resolved = config.resolve(checked.data, node, hostname)
     if cache:
-        _write_cache(cache, resolved)
+        _write_cache(cache, text, resolved)
     return resolved
