@@ -98,3 +98,25 @@ def test_holder_option_refuses_a_binary_others_can_write(lab, c_holder):
         os.chmod(c_holder, 0o755)
     assert out.returncode == 2
     assert "must be an executable owned by root and writable only by root" in out.stderr
+
+
+def _has_cap_sys_resource() -> bool:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        caps = next(line for line in handle if line.startswith("CapEff:")).split()[1]
+    return bool(int(caps, 16) & (1 << 24))  # CAP_SYS_RESOURCE
+
+
+def test_holder_gets_oom_score_adj_minus_999_or_a_warning_why_not(lab):
+    """Lowering oom_score_adj needs CAP_SYS_RESOURCE; without it setup still works and says so."""
+    lab.write_config(CONFIG)
+    result = nsctl("setup", "--job-id", "54", "--user", "nobody")
+    try:
+        pid = _holder_pid(lab, "54")
+        score = pathlib.Path(f"/proc/{pid}/oom_score_adj").read_text().strip()
+        warning = "cannot set the holder's oom_score_adj to -999: Permission denied"
+        if _has_cap_sys_resource():
+            assert score == "-999" and warning not in result.stderr
+        else:
+            assert score == "0" and warning in result.stderr
+    finally:
+        nsctl("teardown", "--job-id", "54")
