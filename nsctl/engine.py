@@ -91,7 +91,7 @@ def open_dir_nofollow(path: str) -> int:
 def _nsfs_id(path: str) -> Optional[tuple[int, int]]:
     """(dev, ino) of the namespace bound on ``path``, or None when nothing is bound there."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)  # a symlink here would name another job's namespace
         nsfs_dev = os.stat("/proc/self/ns/mnt").st_dev
     except OSError:
         return None
@@ -563,10 +563,13 @@ def teardown_locked(tp: plan.TeardownPlan, log, run_epilog: bool) -> list[str]:
             )
     leftovers: list[str] = []
     for job_dir in existing:
-        if not stat.S_ISDIR(os.lstat(job_dir).st_mode):
+        st = os.lstat(job_dir)
+        if not stat.S_ISDIR(st.st_mode):
             # A symlink (or file) where B/J belongs is never entered: its .ns files, holder and
             # tree would be someone else's. Remove the link itself so setup can go on.
             leftovers += _report(rmtree.remove_tree(job_dir), log)
+            continue
+        if _not_ours(job_dir, st, log):
             continue
         ns_dir = os.path.join(job_dir, ".ns")
         pid_ns = _nsfs_id(os.path.join(ns_dir, "pid"))
@@ -584,10 +587,23 @@ def teardown_locked(tp: plan.TeardownPlan, log, run_epilog: bool) -> list[str]:
                 ) from None
         leftovers += _remove_job_dir(job_dir, log)
     for root in tp.dir_job_roots:
+        with contextlib.suppress(FileNotFoundError):
+            if _not_ours(root, os.lstat(root), log):
+                continue
         leftovers += _report(rmtree.remove_tree(root), log)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tp.index_file)
     return leftovers
+
+
+def _not_ours(path: str, st: os.stat_result, log) -> bool:
+    """nsctl makes B/J and D/J root-owned: one owned by a user (who could create it only in a
+    base others can write to, which setup refuses) is theirs, with .ns entries that may point
+    at another job's namespaces. It is left alone, and is no leftover of ours."""
+    if stat.S_ISDIR(st.st_mode) and st.st_uid != 0:
+        log.warning("left %s alone: owned by uid %d, so nsctl never made it", path, st.st_uid)
+        return True
+    return False
 
 
 def _kill_and_wait(pid: int) -> None:

@@ -11,6 +11,7 @@ users) is refused before anything is created.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -217,6 +218,58 @@ def test_a_stale_job_dir_that_is_a_symlink_is_not_followed(lab, sentinel, target
     finally:
         ok(nsctl("teardown", "--job-id", "315"))
     assert lab.job_files() == []
+
+
+def _holder_of(lab, job_id: str) -> int:
+    with open(os.path.join(lab.run, "jobs", job_id), encoding="utf-8") as handle:
+        entry = dict(line.split("=", 1) for line in handle.read().splitlines())
+    return int(entry["holder_pid"])
+
+
+@pytest.mark.parametrize("plant", ["ns-file-symlink", "ns-dir-symlink"])
+@pytest.mark.parametrize("command", ["teardown", "setup"])
+def test_a_user_made_job_dir_never_steers_teardown_at_another_job(lab, plant, command):
+    # A base others can write to (an admin's mistake, or a base like /tmp): the user makes B/J
+    # for a job id of theirs, with .ns/pid a symlink to another job's PID namespace (root may
+    # stat it: the link is followed by root, not by the user) or .ns a symlink to that job's
+    # .ns. Neither the Epilog nor setup's stale-run cleanup may kill that job's holder or
+    # unmount its namespace files.
+    lab.write_config(CONFIG)
+    os.mkdir(lab.base, 0o755)
+    setup("316")
+    try:
+        holder = _holder_of(lab, "316")
+        os.chmod(lab.base, 0o1777)
+        planted = os.path.join(lab.base, "317")
+        os.mkdir(planted)
+        if plant == "ns-file-symlink":
+            os.mkdir(os.path.join(planted, ".ns"))
+            os.symlink(f"/proc/{holder}/ns/pid", os.path.join(planted, ".ns", "pid"))
+            owned = [planted, os.path.join(planted, ".ns"), os.path.join(planted, ".ns", "pid")]
+        else:
+            os.symlink(os.path.join(lab.base, "316", ".ns"), os.path.join(planted, ".ns"))
+            owned = [planted, os.path.join(planted, ".ns")]
+        for path in owned:
+            os.lchown(path, 65534, 65534)
+        extra = ("--user", "nobody") if command == "setup" else ()
+        result = nsctl(command, "--job-id", "317", *extra)
+        assert "Usage" not in result.stderr, result.stderr
+        os.chmod(lab.base, 0o755)
+        assert _state(holder) not in (None, "Z"), "another job's holder was killed"
+        assert as_user("316", "ps -o comm= -p 1").stdout.startswith("nsctl"), "cannot join 316"
+    finally:
+        os.chmod(lab.base, 0o755)
+        ok(nsctl("teardown", "--job-id", "316"))
+        shutil.rmtree(os.path.join(lab.base, "317"), ignore_errors=True)
+    assert lab.job_files() == [] and lab.index_entries() == []
+
+
+def _state(pid: int):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return None
 
 
 @pytest.fixture
