@@ -48,15 +48,23 @@ class _Interrupted(BaseException):
 
 
 @contextlib.contextmanager
-def _lock(offset: int, name: str = "nsctl.lock") -> Iterator[None]:
+def _lock(offset: int, name: str = "nsctl.lock", teardown: bool = False) -> Iterator[None]:
     """An exclusive POSIX byte-range lock; never inherited by children (the holder).
 
     Closing ANY descriptor of a file drops all of the process's POSIX locks on it, so a lock
     taken while another is held must be on a different file (the base lock is).
     """
     path = lock_path(name)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        # A full or read-only /run: an nsctl error, so that --on-error still decides (a raw
+        # OSError would end in a traceback and exit 1, draining even a fail-open node).
+        where = exc.filename or path
+        if teardown:
+            raise TeardownError(f"lock {path}: {exc.strerror} ({where})") from None
+        raise SetupError(f"lock {path}", f"{exc.strerror} ({where})") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
         yield
@@ -544,7 +552,7 @@ def _rollback(teardown_plan: plan.TeardownPlan, log) -> None:
 
 def teardown(teardown_plan: plan.TeardownPlan, log: logging.Logger) -> list[str]:
     """Destroy a job's namespaces and files. Idempotent; returns what could not be removed."""
-    with _lock(int(teardown_plan.job_id)):
+    with _lock(int(teardown_plan.job_id), teardown=True):
         return teardown_locked(teardown_plan, log, run_epilog=True)
 
 

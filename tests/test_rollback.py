@@ -553,6 +553,34 @@ def test_full_runtime_dir_fails_writing_the_index_and_leaves_no_partial_entry(la
     assert job_mounts(lab) == [tiny_run_dir]
 
 
+@pytest.fixture
+def read_only_run_dir(lab):
+    os.makedirs(lab.run)
+    libc.mount("tmpfs", lab.run, "tmpfs", libc.MS.RDONLY, "size=64k,mode=0755")
+    yield lab.run
+    libc.umount2(lab.run, libc.MNT_DETACH)
+
+
+@pytest.mark.parametrize("policy, code", [("fail", 1), ("ignore", 0)])
+def test_a_read_only_runtime_dir_is_a_setup_failure_under_the_fail_policy(
+    lab, read_only_run_dir, policy, code
+):
+    # Not even the lock file can be made: the error must still be nsctl's (no traceback) and
+    # --on-error ignore must still keep the node up.
+    lab.write_config(PID_NS)
+    result = setup_cmd("52", "--on-error", policy)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lock = os.path.join(read_only_run_dir, "locks", "nsctl.lock")
+    assert "setup failed: lock " in result.stderr and "Read-only file system" in result.stderr
+    assert lock in result.stderr or os.path.dirname(lock) in result.stderr
+    result = nsctl("teardown", "--job-id", "52")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "teardown failed: lock " in result.stderr
+    assert job_mounts(lab) == [read_only_run_dir]
+    assert lab.job_files() == [] and lab.index_entries() == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Interrupted: SIGTERM to nsctl setup while each script runs
 
