@@ -525,6 +525,10 @@ def setup(
                     else:  # pragma: no cover - the plan only holds the types above
                         raise AssertionError(op)
             except BaseException as exc:
+                # A (further) SIGTERM must not cut the rollback short: it is what undoes the
+                # mounts and the holder. slurmd's SIGKILL after its grace time still ends us.
+                for signum in old_handlers:
+                    signal.signal(signum, signal.SIG_IGN)
                 _rollback(teardown_plan, log)
                 if isinstance(exc, SetupError):
                     raise

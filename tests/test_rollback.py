@@ -612,6 +612,25 @@ def test_sigterm_midway_rolls_back(lab, script_key):
     assert_nothing_left(lab, "61")
 
 
+def test_a_signal_during_the_rollback_does_not_cut_it_short(lab, monkeypatch):
+    # slurmd's SIGTERM (or a second one) may arrive while a failed setup is being undone: the
+    # rollback must still finish, or the holder and the mounts stay behind.
+    script = write_script(lab, "clone", "exit 9\n")
+    lab.write_config(PID_NS + f"  clone_ns_script: {script}\n")
+    from nsctl import rmtree
+
+    real = rmtree.remove_contents
+
+    def signalled(target):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: right here
+        return real(target)
+
+    monkeypatch.setattr(rmtree, "remove_contents", signalled)
+    message = setup_fails(lab, "72")
+    assert message == f"clone_ns_script {script}: exit status 9"
+    assert_nothing_left(lab, "72")
+
+
 # ---------------------------------------------------------------------------------------------
 # Fail policy
 
