@@ -439,6 +439,12 @@ def _write_index(op: plan.WriteIndex, holder_pid: int, holder_start: str) -> Non
     entry["holder_pid"], entry["holder_start"] = str(holder_pid), holder_start
     directory = os.path.dirname(op.path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    # The TaskProlog reads the entry as the job user: a strict umask (here, or in whichever
+    # nsctl command made the runtime directory first) must not close the way to it.
+    for path in (os.path.dirname(directory), directory):
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        if mode & 0o055 != 0o055:
+            os.chmod(path, mode | 0o055)
     tmp = f"{op.path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:

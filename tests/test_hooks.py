@@ -90,3 +90,33 @@ def test_the_prolog_path_imports_no_cli_no_yaml_no_jsonschema(lab):
     assert "jsonschema" in warm.stdout  # the first run validates and fills the cache
     hot = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert hot.stdout == "[]\n", hot.stderr
+
+
+def test_the_index_stays_readable_by_job_users_under_a_strict_umask(lab):
+    # The TaskProlog runs as the job user and reads the index entry to export TMPDIR; a Prolog
+    # started with umask 077 must not leave the runtime directories closed to it.
+    lab.write_config(CONFIG)
+    env = slurm_env(lab, "63")
+    prolog = subprocess.run(
+        ["/bin/sh", "-c", 'umask 077; exec "$0"', str(BIN / "nsctl-prolog")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+    )
+    try:
+        assert prolog.returncode == 0, prolog.stderr
+        read = subprocess.run(
+            ["/bin/cat", os.path.join(lab.run, "jobs", "63")],
+            capture_output=True,
+            text=True,
+            user=65534,
+            group=65534,
+            extra_groups=[],
+        )
+        assert read.returncode == 0, read.stderr
+        assert "dirs=/tmp,/dev/shm\n" in read.stdout
+    finally:
+        assert hook("nsctl-epilog", env=env).returncode == 0
+    assert lab.index_entries() == [] and lab.job_files() == []
