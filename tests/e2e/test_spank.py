@@ -116,6 +116,18 @@ def test_a_file_that_is_not_a_namespace_fails_the_task(spank: Lab, made: Handmad
     assert_task_refused(spank, made, f"cannot join mnt namespace {fake}/mnt: Invalid argument")
 
 
+def test_a_symlinked_namespace_file_is_not_followed(spank: Lab, made: HandmadeNamespace) -> None:
+    # As `nsctl join` does (O_NOFOLLOW): nsctl binds namespaces onto regular files, so a
+    # symlink there was put by someone else and may name any process's namespace.
+    linked = made.job_dir / "linked-ns"
+    linked.mkdir()
+    (linked / "mnt").symlink_to(made.ns_dir / "mnt")
+    made.write_index(ns_dir=str(linked))
+    assert_task_refused(
+        spank, made, f"cannot open namespace file {linked}/mnt: Too many levels of symbolic links"
+    )
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -69,11 +69,12 @@ static int parse_args(int ac, char **av, char *index_dir, size_t size)
 {
 	snprintf(index_dir, size, "%s", "/run/nsctl/jobs");
 	for (int i = 0; i < ac; i++) {
-		const char *value = av[i] + strlen("index_dir=");
 		if (strncmp(av[i], "index_dir=", strlen("index_dir=")) != 0) {
 			slurm_error("nsctl: unknown plugstack.conf argument '%s'", av[i]);
 			return -1;
 		}
+		/* Only now: av[i] may be shorter than the prefix. */
+		const char *value = av[i] + strlen("index_dir=");
 		if (value[0] != '/' || strlen(value) >= size - 16) {
 			slurm_error("nsctl: index_dir must be an absolute path, got '%s'", value);
 			return -1;
@@ -338,7 +339,10 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 		if (!e.wanted[k])
 			continue;
 		int len = snprintf(path, sizeof(path), "%s/%s", e.ns_dir, ns_kinds[k].name);
-		fds[k] = len < (int)sizeof(path) ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+		/* nsctl binds namespaces onto regular files: a symlink there is not nsctl's. */
+		fds[k] = len < (int)sizeof(path)
+				 ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+				 : -1;
 		if (fds[k] < 0) {
 			slurm_error("nsctl: job %u: cannot open namespace file %s: %s", job_id,
 				    path, strerror(errno));
