@@ -30,7 +30,7 @@ class Job(NamedTuple):
 def _number(value: Optional[str], what: str) -> Optional[int]:
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # isdigit alone takes "²" and "٣"
         raise InputError(f"bad {what} {value!r}: expected a number")
     return int(value)
 

@@ -450,6 +450,9 @@ def test_bogus_job_id_from_the_environment_is_refused(lab, monkeypatch):
         (["--user", "nobody", "--gid", "0"], "user nobody is not a member of group 0"),
         (["--user", "nobody", "--gid", "4000000"], "no such group: 4000000"),
         (["--user", "nobody", "--uid", "-1"], "bad uid '-1': expected a number"),
+        # str.isdigit() says yes to these; int() then raised ValueError (a traceback).
+        (["--user", "nobody", "--uid", "²"], "bad uid '²': expected a number"),
+        (["--user", "nobody", "--gid", "٦٥٥٣٤"], "bad gid '٦٥٥٣٤': expected a number"),
         ([], "no job user"),
     ],
 )
@@ -458,4 +461,5 @@ def test_missing_or_mismatched_users_are_refused(lab, options, message):
     result = nsctl("setup", "--job-id", "312", *options)
     assert result.returncode == 1
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
     assert not os.path.lexists(lab.base) and not os.path.lexists(lab.run)
