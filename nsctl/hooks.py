@@ -55,6 +55,9 @@ def run_setup(
 
     log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
     try:
+        problem = holder and holder_problem(holder)
+        if problem:  # a setup failure like any other: the fail policy decides
+            raise NsctlError(f"--holder: {problem}")
         job = resolve_job(job_id, uid, gid, user)
         resolved = load_node_config(config.config_path(config_file), config.node_name(node))
         if not resolved.enabled:
@@ -172,9 +175,6 @@ def _hook(argv: Optional[Sequence[str]], usage: str, values: dict, run) -> None:
         sys.exit(Exit.OK)
     try:
         options = _parse(argv, values)
-        problem = options.get("holder") and holder_problem(options["holder"])
-        if problem:
-            raise _Usage(f"--holder: {problem}")
     except _Usage as exc:
         print(f"{usage.splitlines()[0]}\nerror: {exc}", file=sys.stderr)
         sys.exit(Exit.USAGE)

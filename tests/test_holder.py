@@ -120,3 +120,31 @@ def test_holder_gets_oom_score_adj_minus_999_or_a_warning_why_not(lab):
             assert score == "0" and warning in result.stderr
     finally:
         nsctl("teardown", "--job-id", "54")
+
+
+def test_the_contrib_prolog_passes_its_holder_variable(lab, c_holder):
+    """contrib/slurm/prolog as an admin edits it (NSCTL=, HOLDER=), run with Slurm's bare env."""
+    lab.write_config(CONFIG)
+    script = pathlib.Path(lab.dir, "prolog")
+    text = (HOLDER_SRC.parent / "prolog").read_text()
+    text = text.replace(
+        "NSCTL=/usr/local/bin/nsctl", f"NSCTL={pathlib.Path(sys.executable).parent}/nsctl"
+    )
+    text = text.replace("\nHOLDER=\n", f"\nHOLDER={c_holder}\n").replace("\nLOG=", "\nLOG=\n#")
+    script.write_text(text)
+    script.chmod(0o755)
+    env = {
+        "SLURM_JOB_ID": "55",
+        "SLURM_JOB_USER": "nobody",
+        "SLURM_JOB_UID": "65534",
+        "SLURMD_NODENAME": "node1",
+        "NSCTL_CONFIG": lab.config,
+        "NSCTL_RUN_DIR": lab.run,
+    }
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, cwd="/")
+    try:
+        assert result.returncode == 0, result.stderr
+        pid = _holder_pid(lab, "55")
+        assert os.readlink(f"/proc/{pid}/exe") == c_holder
+    finally:
+        nsctl("teardown", "--job-id", "55")

@@ -59,13 +59,24 @@ def test_prolog_fail_policy(lab):
     assert lab.index_entries() == []
 
 
+def test_a_bad_holder_is_a_setup_failure_under_the_fail_policy(lab):
+    lab.write_config(CONFIG)
+    env = slurm_env(lab, "64")
+    failed = hook("nsctl-prolog", "--holder", "/nonexistent/holder", env=env)
+    assert failed.returncode == 1
+    assert "setup failed: --holder: /nonexistent/holder: No such file or directory" in failed.stderr
+    ignored = hook("nsctl-prolog", "--on-error", "ignore", "--holder", "relative", env=env)
+    assert ignored.returncode == 0  # fail open: never drain the node over it
+    assert "--holder: must be an absolute path" in ignored.stderr
+    assert lab.index_entries() == [] and lab.job_files() == []
+
+
 def test_usage_errors_exit_2_and_help_exits_0(root):
     assert hook("nsctl-prolog", "--on-error", "maybe").returncode == 2
     assert (
         "--on-error must be one of fail, ignore, not 'maybe'"
         in hook("nsctl-prolog", "--on-error", "maybe").stderr
     )
-    assert hook("nsctl-prolog", "--holder", "relative/path").returncode == 2
     assert hook("nsctl-prolog", "--on-error").stderr.endswith("error: --on-error needs a value\n")
     assert hook("nsctl-epilog", "--on-error=ignore").stderr.endswith(
         "error: unknown option '--on-error=ignore'\n"
