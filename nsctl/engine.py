@@ -66,7 +66,10 @@ def _lock(offset: int, name: str = "nsctl.lock", teardown: bool = False) -> Iter
             raise TeardownError(f"lock {path}: {exc.strerror} ({where})") from None
         raise SetupError(f"lock {path}", f"{exc.strerror} ({where})") from None
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+        except _Interrupted as exc:  # SIGTERM while a concurrent run of this job holds the lock
+            raise SetupError(f"wait for lock {path}", f"interrupted by {exc}") from None
         yield
     finally:
         os.close(fd)
@@ -234,6 +237,7 @@ def _child_op(op: plan.ChildOp) -> None:
         source, target = open_dir_nofollow(op.source), open_dir_nofollow(op.target)
         try:
             libc.mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{target}", None, libc.MS.BIND)
+            backing = os.fstat(source)
         finally:
             os.close(source)
             os.close(target)
@@ -241,6 +245,11 @@ def _child_op(op: plan.ChildOp) -> None:
             bits = sum(libc.MOUNT_FLAG_BITS[f] for f in op.flags)
             mounted = open_dir_nofollow(op.target)
             try:
+                # The path is looked up again: the remount must hit the mount just made (whose
+                # root is the backing dir), not a directory a user renamed into its place.
+                st = os.fstat(mounted)
+                if (st.st_dev, st.st_ino) != (backing.st_dev, backing.st_ino):
+                    raise OSError(errno.EBUSY, "target changed under the mount", op.target)
                 libc.mount(
                     None, f"/proc/self/fd/{mounted}", None, libc.MS.BIND | libc.MS.REMOUNT | bits
                 )

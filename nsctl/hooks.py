@@ -74,8 +74,11 @@ def run_setup(
         result = engine.setup(the_plan, teardown_plan, log, holder)
         if verbose:
             log.info("setup: %s", result.status)
-    except NsctlError as exc:
-        log.error("setup failed: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - the fail policy covers nsctl's own bugs too
+        if isinstance(exc, NsctlError):
+            log.error("setup failed: %s", exc)
+        else:
+            log.exception("setup failed: internal error: %s", exc)
         if on_error == "ignore":
             log.warning("--on-error ignore: the job runs without private directories")
             return Exit.OK

@@ -10,6 +10,7 @@ imports jsonschema; every later job reads one small JSON file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -50,9 +51,9 @@ def _read_cache(path: str, source: str) -> Optional[config.NodeConfig]:
 
 def _write_cache(path: str, source: str, resolved: config.NodeConfig) -> None:
     directory = os.path.dirname(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             entry = {
@@ -62,8 +63,9 @@ def _write_cache(path: str, source: str, resolved: config.NodeConfig) -> None:
             }
             json.dump(entry, handle)
         os.replace(tmp, path)
-    except OSError:
-        pass  # a cache we cannot write only costs speed
+    except OSError:  # a cache we cannot write only costs speed; leave no partial file
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def load_node_config(
