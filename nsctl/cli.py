@@ -49,8 +49,9 @@ class _Group(click.Group):
 def main() -> None:
     """Per-job private /tmp, /dev/shm, PID and user namespaces for Slurm.
 
-    nsctl reads Slurm's namespace.yaml. Run `nsctl setup` from the Prolog and `nsctl teardown`
-    from the Epilog; see nsctl(8) and namespace.yaml(5).
+    nsctl reads Slurm's namespace.yaml. Slurm's Prolog and Epilog run `nsctl setup` and
+    `nsctl teardown` through the lighter entry points nsctl-prolog and nsctl-epilog
+    (contrib/slurm); see nsctl(8) and namespace.yaml(5).
     """
 
 
