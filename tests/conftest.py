@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import pytest
-from sandbox import mount_points
+from sandbox import holder_pids, mount_points
 
 JOB_USER = "nobody"
 SECOND_USER = "nsctl-test2"
@@ -60,26 +60,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if {"root", "no_leaks", "lab"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.root)
-
-
-def holder_pids() -> set[int]:
-    """Live holders of THIS test run: pytest is their subreaper, so they are its children
-    (another run on the same machine has holders too, and they are none of ours)."""
-    pids = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        state, ppid = fields[0], int(fields[1])
-        if cmdline.startswith(b"nsctl: [") and state != b"Z" and ppid == os.getpid():
-            pids.add(int(name))
-    return pids
 
 
 def reap_children() -> None:

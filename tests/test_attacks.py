@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import pytest
+from sandbox import holder_pid, index_entry, proc_stat, proc_state
 
 from nsctl import engine, layout, libc, plan
 from nsctl.errors import SetupError
@@ -221,9 +222,7 @@ def test_a_stale_job_dir_that_is_a_symlink_is_not_followed(lab, sentinel, target
 
 
 def _holder_of(lab, job_id: str) -> int:
-    with open(os.path.join(lab.run, "jobs", job_id), encoding="utf-8") as handle:
-        entry = dict(line.split("=", 1) for line in handle.read().splitlines())
-    return int(entry["holder_pid"])
+    return holder_pid(lab.run, job_id)
 
 
 @pytest.mark.parametrize("plant", ["ns-file-symlink", "ns-dir-symlink"])
@@ -255,21 +254,13 @@ def test_a_user_made_job_dir_never_steers_teardown_at_another_job(lab, plant, co
         result = nsctl(command, "--job-id", "317", *extra)
         assert "Usage" not in result.stderr, result.stderr
         os.chmod(lab.base, 0o755)
-        assert _state(holder) not in (None, "Z"), "another job's holder was killed"
+        assert proc_state(holder) not in (None, "Z"), "another job's holder was killed"
         assert as_user("316", "ps -o comm= -p 1").stdout.startswith("nsctl"), "cannot join 316"
     finally:
         os.chmod(lab.base, 0o755)
         ok(nsctl("teardown", "--job-id", "316"))
         shutil.rmtree(os.path.join(lab.base, "317"), ignore_errors=True)
     assert lab.job_files() == [] and lab.index_entries() == []
-
-
-def _state(pid: int):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
-    except OSError:
-        return None
 
 
 @pytest.fixture
@@ -397,10 +388,8 @@ def test_index_naming_an_innocent_process_as_holder_never_gets_it_killed(lab):
     innocent = subprocess.Popen(["/bin/sleep", "1000"])
     try:
         index = os.path.join(lab.run, "jobs", "311")
-        with open(index, encoding="utf-8") as handle:
-            entry = dict(line.split("=", 1) for line in handle.read().splitlines())
-        with open(f"/proc/{innocent.pid}/stat", "rb") as handle:
-            start = handle.read().rsplit(b")", 1)[1].split()[19].decode()
+        entry = index_entry(lab.run, "311")
+        start = proc_stat(innocent.pid)[19]
         entry.update(holder_pid=str(innocent.pid), holder_start=start)
         with open(index, "w", encoding="utf-8") as handle:
             handle.write("".join(f"{k}={v}\n" for k, v in entry.items()))

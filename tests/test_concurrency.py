@@ -14,7 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sandbox import live_children
+from sandbox import holder_pid, live_children
 
 CONFIG = """
 defaults:
@@ -121,8 +121,7 @@ def test_requeued_job_with_a_dead_namespace_is_cleaned_and_recreated(lab, holder
     lab.write_config(CONFIG)
     ok(nsctl("setup", "--job-id", "701", "--user", "nobody"))
     as_user("701", "echo old > /tmp/old; mkdir /tmp/d; chmod 000 /tmp/d")
-    with open(os.path.join(lab.run, "jobs", "701"), encoding="utf-8") as handle:
-        holder = int(dict(line.split("=", 1) for line in handle.read().splitlines())["holder_pid"])
+    holder = holder_pid(lab.run, "701")
     os.kill(holder, signal.SIGKILL)
     # The holder was orphaned to this process (a subreaper): a zombie until we reap it.
     if holder_state == "reaped":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from sandbox import mount_points
+from sandbox import holder_pid, mount_points, proc_state
 
 DEFAULT = """
 defaults:
@@ -140,11 +140,7 @@ def test_pid_namespace_shows_only_the_job_and_pid_1_is_the_holder(lab):
         processes = {int(line.split(None, 1)[0]): line.split(None, 1)[1] for line in out}
         assert processes[1] == "nsctl: [401:namespace]"
         assert len(processes) == 3, processes  # the holder, sh, ps
-        entry = dict(
-            line.split("=", 1)
-            for line in pathlib.Path(os.path.join(lab.run, "jobs", "401")).read_text().split()
-        )
-        holder = int(entry["holder_pid"])
+        holder = holder_pid(lab.run, "401")
         with open(f"/proc/{holder}/cmdline", "rb") as handle:
             assert handle.read().rstrip(b"\0") == b"nsctl: [401:namespace]"
         # No descriptor of the Prolog survives in the holder: all three point to /dev/null.
@@ -154,15 +150,7 @@ def test_pid_namespace_shows_only_the_job_and_pid_1_is_the_holder(lab):
         assert fds == {"0": "/dev/null", "1": "/dev/null", "2": "/dev/null"}
     finally:
         teardown("401")
-    assert _state(holder) in (None, "Z")  # killed (a zombie until its parent reaps it)
-
-
-def _state(pid: int):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
+    assert proc_state(holder) in (None, "Z")  # killed (a zombie until its parent reaps it)
 
 
 def test_without_a_pid_namespace_there_is_no_holder(lab):

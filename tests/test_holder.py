@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from sandbox import holder_pid, proc_state
 
 HOLDER_SRC = pathlib.Path(__file__).parent.parent / "contrib" / "slurm" / "holder"
 CONFIG = """
@@ -49,8 +50,7 @@ def holder_args(request, c_holder):
 
 
 def _holder_pid(lab, job_id: str) -> int:
-    entry = pathlib.Path(lab.run, "jobs", job_id).read_text()
-    return int(dict(line.split("=", 1) for line in entry.split())["holder_pid"])
+    return holder_pid(lab.run, job_id)
 
 
 def test_holder_is_named_detached_and_reaps_orphans(lab, holder_args):
@@ -80,7 +80,7 @@ def test_holder_ignores_signals_but_teardown_kills_it(lab, holder_args):
         for sig in ("TERM", "INT", "HUP"):
             os.kill(pid, getattr(__import__("signal"), f"SIG{sig}"))
         time.sleep(0.1)
-        assert pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        assert proc_state(pid) != "Z"
         assert nsctl("join", "--job-id", "52", "--", "/bin/true", check=False).returncode == 0
     finally:
         nsctl("teardown", "--job-id", "52")

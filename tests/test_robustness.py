@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from sandbox import tmpfs
 
 from nsctl import engine, hooks, libc, loader, plan
 
@@ -67,9 +68,7 @@ def test_sigterm_while_waiting_for_the_job_lock_is_a_clean_setup_failure(lab):
 
 def test_a_full_runtime_dir_leaves_no_partial_cache_file(lab, monkeypatch):
     lab.write_config(CONFIG)
-    os.makedirs(lab.run)
-    libc.mount("tmpfs", lab.run, "tmpfs", 0, "size=4k,nr_inodes=16")
-    try:
+    with tmpfs(lab.run, "size=4k,nr_inodes=16"):
         os.makedirs(os.path.join(lab.run, "cache"))
         fd = os.open(os.path.join(lab.run, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -82,8 +81,6 @@ def test_a_full_runtime_dir_leaves_no_partial_cache_file(lab, monkeypatch):
         resolved = loader.load_node_config(lab.config, "node1", "node1")
         assert resolved.base_path == lab.base  # a cache that cannot be written only costs speed
         assert os.listdir(os.path.join(lab.run, "cache")) == []
-    finally:
-        libc.umount2(lab.run)
 
 
 def test_the_remount_refuses_a_target_that_is_no_longer_the_new_mount(lab, monkeypatch):

@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from sandbox import live_children
+from sandbox import live_children, proc_state, tmpfs
 
 from nsctl import engine, layout, libc, plan
 from nsctl.errors import SetupError, TeardownError
@@ -84,14 +84,6 @@ def setup_fails(lab, job_id: str, edit=None) -> str:
     with pytest.raises(SetupError) as caught:
         run_setup(lab, job_id, edit)
     return str(caught.value)
-
-
-def proc_state(pid: int):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
-    except OSError:
-        return None
 
 
 def assert_dead(pids) -> None:
@@ -195,10 +187,8 @@ def test_missing_mount_target_is_reported_before_anything_is_made(lab):
 @pytest.fixture
 def tiny_base(lab):
     """The base path is a tmpfs with few inodes; the test fills it to the number it wants free."""
-    os.mkdir(lab.base)
-    libc.mount("tmpfs", lab.base, "tmpfs", 0, "nr_inodes=64,size=1m,mode=0755")
-    yield lab.base
-    libc.umount2(lab.base, libc.MNT_DETACH)
+    with tmpfs(lab.base, "nr_inodes=64,size=1m,mode=0755") as base:
+        yield base
 
 
 def fill_inodes(base: str, leave: int) -> list[str]:
@@ -523,10 +513,8 @@ def test_einval_binding_the_mnt_namespace_succeeds_on_a_later_attempt(lab, fake_
 
 @pytest.fixture
 def tiny_run_dir(lab):
-    os.makedirs(lab.run)
-    libc.mount("tmpfs", lab.run, "tmpfs", 0, "size=64k,mode=0755")
-    yield lab.run
-    libc.umount2(lab.run, libc.MNT_DETACH)
+    with tmpfs(lab.run, "size=64k,mode=0755") as run:
+        yield run
 
 
 def test_full_runtime_dir_fails_writing_the_index_and_leaves_no_partial_entry(lab, tiny_run_dir):
@@ -555,10 +543,8 @@ def test_full_runtime_dir_fails_writing_the_index_and_leaves_no_partial_entry(la
 
 @pytest.fixture
 def read_only_run_dir(lab):
-    os.makedirs(lab.run)
-    libc.mount("tmpfs", lab.run, "tmpfs", libc.MS.RDONLY, "size=64k,mode=0755")
-    yield lab.run
-    libc.umount2(lab.run, libc.MNT_DETACH)
+    with tmpfs(lab.run, "size=64k,mode=0755", libc.MS.RDONLY) as run:
+        yield run
 
 
 @pytest.mark.parametrize("policy, code", [("fail", 1), ("ignore", 0)])

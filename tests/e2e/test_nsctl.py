@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from slurmlab import RUN_DIR, Lab, mounts_under
 
+from nsctl.layout import parse_index
+
 
 def namespace_yaml(lab: Lab, extra: str = "", base: str = "") -> str:
     return f"defaults:\n  auto_base_path: true\n  base_path: {base or lab.ns_base}\n" + extra
 
 
 def index_entry(job_id: str) -> dict[str, str]:
-    text = (RUN_DIR / "jobs" / job_id).read_text()
-    return dict(line.split("=", 1) for line in text.splitlines())
+    return parse_index((RUN_DIR / "jobs" / job_id).read_text())
 
 
 def user_processes(lab: Lab) -> list[int]:
