@@ -77,7 +77,6 @@ def load_node_config(
 ) -> config.NodeConfig:
     """The validated, resolved configuration of ``node``; ConfigError if the file is unusable."""
     env = os.environ if env is None else env
-    hostname = hostname or config.node_hostname(node, env)
     try:
         with open(path, "rb") as handle:
             content = handle.read()
@@ -87,6 +86,10 @@ def load_node_config(
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    if not hostname:
+        # %h needs NodeHostname from slurm.conf, whose NodeName lines can name thousands of
+        # nodes: read it only for a config that uses %h (it never matters otherwise).
+        hostname = config.node_hostname(node, env) if "%h" in text else node
     cache = _cache_file(path, node, hostname, env) if use_cache else None
     if cache:
         cached = _read_cache(cache, text)
