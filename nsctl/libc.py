@@ -71,7 +71,6 @@ class CLONE(enum.IntFlag):
 # namespace kind -> (setns type, /proc/PID/ns file name), in the order jobs are joined.
 NAMESPACES = {"pid": CLONE.NEWPID, "user": CLONE.NEWUSER, "mnt": CLONE.NEWNS}
 
-PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
 # The seven option words Slurm turns into mount flags.

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import NamedTuple, Optional, Union
 
-from .config import NodeConfig, expand_job_path
+from .config import INIT_SCRIPT_WAIT, USER_NS_SCRIPT_WAIT, NodeConfig, expand_job_path
 from .errors import InputError
 from .jobs import Job
 from .layout import NS_JOIN_ORDER, JobPaths
@@ -260,11 +260,13 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
             child.append(BindMount(backing, target, dir_conf.flags))
 
     if config.init_script:
-        ops.append(RunScript("init_script", config.init_script, tuple(src_env.items()), 10))
+        ops.append(
+            RunScript("init_script", config.init_script, tuple(src_env.items()), INIT_SCRIPT_WAIT)
+        )
     user_script = None
     if config.user_ns and config.user_ns_script:
         user_script = RunScript(
-            "user_ns_script", config.user_ns_script, tuple(step_env.items()), 10
+            "user_ns_script", config.user_ns_script, tuple(step_env.items()), USER_NS_SCRIPT_WAIT
         )
     ops.append(
         CreateNamespaces(
