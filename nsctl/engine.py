@@ -1,10 +1,11 @@
-"""The engine: run a setup plan for real, undo it on failure, and tear a job down.
+"""The engine: run a setup plan for real, undo it on failure, and run a teardown plan.
 
-All above (config, plan) is preparation; this is where nsctl touches the kernel. Setup is
-transactional: when any step fails, the job's teardown (derived from the plan's paths, not from
-what happened to succeed) removes every mount, directory, holder and index entry, and the error
-names the step. Jobs are serialised per job id with a byte-range lock on one file, so parallel
-Prologs and Epilogs of different jobs never wait for each other.
+All above (config, plan) is preparation; this is where nsctl touches the kernel. Each plan op
+type has one handler, in ``_SETUP_STEPS`` and ``_TEARDOWN_STEPS``. Setup is transactional: when
+any step fails, the job's teardown (planned from the config and the index, not from what happened
+to succeed) removes every mount, directory, holder and index entry, and the error names the step.
+Jobs are serialised per job id with a byte-range lock on one file, so parallel Prologs and
+Epilogs of different jobs never wait for each other.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import os
 import select
 import signal
 import stat
+import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
-from . import holder, libc, plan
-from .errors import SetupError, TeardownError
-from .layout import NS_JOIN_ORDER, JobPaths, format_index, lock_path, read_index
+from . import fsafe, holder, libc, plan, procfs
+from .errors import InputError, SetupError, TeardownError
+from .layout import NS_JOIN_ORDER, BadIndex, IndexEntry, open_run_subdir, read_index, run_dir
 from .scripts import run_script
 
 if TYPE_CHECKING:
@@ -31,8 +33,12 @@ if TYPE_CHECKING:
 
 CHILD_TIMEOUT = 60.0  # seconds for the namespace child to report (its mounts can hit autofs)
 HOLDER_EXIT_WAIT = 5.0  # seconds to wait for a killed holder to disappear
+KILL_WAIT = 10.0  # seconds for a job's killed processes to disappear
 BIND_ATTEMPTS = 8  # see _create_namespaces: EINVAL binding an mnt-ns file is retried
-_O_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+MAX_ID_BURN = 1 << 16  # see _pass_own_mount_ns: a CPU's id batch holds a few thousand ids
+_NS_GET_ID = (2 << 30) | (8 << 16) | (0xB7 << 8) | 0x0D  # _IOR(NSIO, 0xd, __u64), linux/nsfs.h
+
+TeardownPlanFor = Callable[[Optional[IndexEntry]], "plan.TeardownPlan"]
 
 
 class _RetryBind(Exception):
@@ -52,104 +58,36 @@ def _lock(offset: int, name: str = "nsctl.lock", teardown: bool = False) -> Iter
     """An exclusive POSIX byte-range lock; never inherited by children (the holder).
 
     Closing ANY descriptor of a file drops all of the process's POSIX locks on it, so a lock
-    taken while another is held must be on a different file (the base lock is).
+    taken while another is held must be on a different file.
     """
-    path = lock_path(name)
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        locks = open_run_subdir("locks", create=True)
+        try:
+            fd = os.open(
+                name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=locks
+            )
+        finally:
+            os.close(locks)
     except OSError as exc:
-        # A full or read-only /run: an nsctl error, so that --on-error still decides (a raw
-        # OSError would end in a traceback and exit 1, draining even a fail-open node).
-        where = exc.filename or path
+        # A full or read-only /run, or a runtime directory someone else can write to: an nsctl
+        # error, so that --on-error still decides (a raw OSError would end in a traceback).
+        path = os.path.join(run_dir(), "locks", name)
+        where = f" ({exc.filename})" if str(exc.filename).startswith("/") else ""
         if teardown:
-            raise TeardownError(f"lock {path}: {exc.strerror} ({where})") from None
-        raise SetupError(f"lock {path}", f"{exc.strerror} ({where})") from None
+            raise TeardownError(f"lock {path}: {exc.strerror}{where}") from None
+        raise SetupError(f"lock {path}", f"{exc.strerror}{where}") from None
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
         except _Interrupted as exc:  # SIGTERM while a concurrent run of this job holds the lock
-            raise SetupError(f"wait for lock {path}", f"interrupted by {exc}") from None
+            raise SetupError(f"wait for lock {name}", f"interrupted by {exc}") from None
         yield
     finally:
         os.close(fd)
 
 
-def open_dir_nofollow(path: str) -> int:
-    """An O_PATH fd for ``path``, refusing a symlink in ANY component (none can redirect it)."""
-    parts = [p for p in path.split("/") if p]
-    if ".." in parts or not path.startswith("/"):
-        raise OSError(errno.EINVAL, "not a normalised absolute path", path)
-    fd = os.open("/", _O_DIR)
-    try:
-        for part in parts:
-            try:
-                child = os.open(part, _O_DIR, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise OSError(
-                        exc.errno, "a path component is a symlink or not a directory", path
-                    ) from None
-                raise OSError(exc.errno, exc.strerror, path) from None
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _nsfs_id(path: str) -> Optional[tuple[int, int]]:
-    """(dev, ino) of the namespace bound on ``path``, or None when nothing is bound there."""
-    try:
-        st = os.lstat(path)  # a symlink here would name another job's namespace
-        nsfs_dev = os.stat("/proc/self/ns/mnt").st_dev
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if st.st_dev == nsfs_dev else None
-
-
-def _proc_field(pid: int, index: int) -> Optional[str]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[index - 3].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _is_ns_init(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("NSpid:"):
-                    return line.split()[-1] == "1"
-    except OSError:
-        pass
-    return False
-
-
-def _pids_in_ns(ns_id: tuple[int, int], entry: Optional[dict]) -> list[int]:
-    """Verified holders of the PID namespace ``ns_id``: PID 1 of exactly that namespace, pid > 1."""
-
-    def verified(pid: int) -> bool:
-        try:
-            st = os.stat(f"/proc/{pid}/ns/pid")
-        except OSError:
-            return False
-        # A zombie still shows its namespace, but a dead PID 1 is a dead namespace: not live.
-        return (
-            pid > 1
-            and (st.st_dev, st.st_ino) == ns_id
-            and _is_ns_init(pid)
-            and _proc_field(pid, 3) not in (None, "Z", "X")
-        )
-
-    if entry and entry.get("holder_pid", "0").isdigit():
-        pid = int(entry["holder_pid"])
-        if pid > 1 and _proc_field(pid, 22) == entry.get("holder_start") and verified(pid):
-            return [pid]
-    # No (trustworthy) index entry: look for the namespace's init among all processes.
-    return [int(name) for name in os.listdir("/proc") if name.isdigit() and verified(int(name))]
+# Kept under its old name: mount targets and sources are opened this way everywhere.
+open_dir_nofollow = fsafe.open_dir
 
 
 def _umount_ns_file(path: str) -> None:
@@ -160,56 +98,133 @@ def _umount_ns_file(path: str) -> None:
             raise
 
 
+def _fd_path(fd: int, *names: str) -> str:
+    return os.path.join(f"/proc/self/fd/{fd}", *names)
+
+
 # ---------------------------------------------------------------------------------------------
-# Host-side operations
+# Host-side setup steps
 
 
-def _ensure_base(op: plan.EnsureBase) -> None:
+class _SetupState:
+    """What one setup run carries from step to step."""
+
+    def __init__(self, log: logging.Logger, program_fd: Optional[int]):
+        self.log = log
+        self.program_fd = program_fd
+        self.step = "setup"
+        self.holder_pid = 0
+        self.holder_start = "0"
+
+
+def _ensure_base(op: plan.EnsureBase, state: _SetupState) -> None:
+    # A base an ancestor of which others can write lets a user swap it for a symlink; one others
+    # can write lets any user pre-create or swap the next job's directory.
     try:
-        st = os.lstat(op.path)
+        os.close(fsafe.trusted_dir(op.path, "base directory", 0o755 if op.create else None))
     except FileNotFoundError:
-        if not op.create:
-            raise OSError(
-                errno.ENOENT, "base directory does not exist (auto_base_path is off)", op.path
-            ) from None
-        with _lock(0, "base.lock"):
-            old = os.umask(0o022)
-            try:
-                os.makedirs(op.path, mode=0o755, exist_ok=True)
-            finally:
-                os.umask(old)
-        st = os.lstat(op.path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise OSError(errno.ENOTDIR, "base path is not a directory (or is a symlink)", op.path)
-    # A base others can write to lets any user pre-create or swap the next job's directory.
-    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise OSError(
-            errno.EPERM,
-            "base directory must be owned by root and not group/world-writable",
-            op.path,
-        )
+            errno.ENOENT, "base directory does not exist (auto_base_path is off)", op.path
+        ) from None
 
 
-def _make_dir(op: plan.MakeDir) -> None:
+def _make_dir(op: plan.MakeDir, state: _SetupState) -> None:
     os.mkdir(op.path, op.mode)
     os.chmod(op.path, op.mode)  # mkdir's mode is filtered by the umask
     if op.uid != plan.ROOT or op.gid != plan.KEEP:
         os.lchown(op.path, op.uid, op.gid)
 
 
-def _bind_self_private(op: plan.BindSelfPrivate) -> None:
+def _bind_self_private(op: plan.BindSelfPrivate, state: _SetupState) -> None:
     libc.mount(op.path, op.path, None, libc.MS.BIND)
     libc.mount(None, op.path, None, libc.MS.PRIVATE | libc.MS.REC)
 
 
-def _make_ns_file(op: plan.MakeNsFile) -> None:
+def _make_ns_file(op: plan.MakeNsFile, state: _SetupState) -> None:
     os.close(
         os.open(op.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     )
 
 
-def _check_target(op: plan.CheckTarget) -> None:
+def _check_target(op: plan.CheckTarget, state: _SetupState) -> None:
     os.close(open_dir_nofollow(op.path))
+
+
+def _run_setup_script(op: plan.RunScript, state: _SetupState) -> None:
+    result = run_script(op.name, op.path, dict(op.env), op.timeout, state.log)
+    if not result.ok:
+        raise SetupError(f"{op.name} {op.path}", result.detail)
+
+
+def _create_namespaces_step(op: plan.CreateNamespaces, state: _SetupState) -> None:
+    state.holder_pid, state.holder_start = _create_namespaces(op, state.program_fd, state.log)
+
+
+def _write_index(op: plan.WriteIndex, state: _SetupState) -> None:
+    # A holder killed since (by clone_ns_script, the OOM killer, an admin) took the PID
+    # namespace with it: nothing could join this job.
+    if state.holder_pid and not procfs.alive(state.holder_pid):
+        raise SetupError("holder", f"pid {state.holder_pid} died before setup finished")
+    entry = op.entry._replace(
+        holder_pid=state.holder_pid,
+        holder_start=state.holder_start,
+        job_dir_id=_dir_id(op.entry.job_dir),
+        dir_root_ids=tuple(_dir_id(root) for root in op.entry.dir_roots),
+    )
+    name = entry.job_id
+    tmp = f"{name}.tmp.{os.getpid()}"
+    jobs = open_run_subdir("jobs", create=True)
+    try:
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+            dir_fd=jobs,
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(entry.format())
+                os.fchmod(handle.fileno(), 0o644)
+            os.replace(tmp, name, src_dir_fd=jobs, dst_dir_fd=jobs)
+        except BaseException:
+            # A full /run must not leave a half-written entry behind.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=jobs)
+            raise
+    finally:
+        os.close(jobs)
+
+
+def _dir_id(path: str) -> str:
+    st = os.lstat(path)  # made by this setup, inside a base checked to be root's alone
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _remove_temp_index_files(job_id: str) -> None:
+    """``jobs/J.tmp.PID`` that a setup killed at the rename left behind."""
+    try:
+        jobs = open_run_subdir("jobs", create=False)
+    except FileNotFoundError:
+        return
+    try:
+        for name in os.listdir(jobs):
+            if name.startswith(f"{job_id}.tmp."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=jobs)
+    finally:
+        os.close(jobs)
+
+
+_SETUP_STEPS: dict[type, Callable] = {
+    plan.EnsureBase: _ensure_base,
+    plan.CheckTarget: _check_target,
+    plan.MakeDir: _make_dir,
+    plan.BindSelfPrivate: _bind_self_private,
+    plan.MakeNsFile: _make_ns_file,
+    plan.RunScript: _run_setup_script,
+    plan.CreateNamespaces: _create_namespaces_step,
+    plan.WriteIndex: _write_index,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,14 +244,14 @@ def _child_op(op: plan.ChildOp) -> None:
         bits = sum(libc.MOUNT_FLAG_BITS[f] for f in op.flags)
         fd = open_dir_nofollow(op.target)
         try:
-            libc.mount("tmpfs", f"/proc/self/fd/{fd}", "tmpfs", bits, ",".join(op.data) or None)
+            libc.mount("tmpfs", _fd_path(fd), "tmpfs", bits, ",".join(op.data) or None)
         finally:
             os.close(fd)
     elif isinstance(op, plan.BindMount):
         # Mount through O_PATH fds so a path swapped for a symlink after the check changes nothing.
         source, target = open_dir_nofollow(op.source), open_dir_nofollow(op.target)
         try:
-            libc.mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{target}", None, libc.MS.BIND)
+            libc.mount(_fd_path(source), _fd_path(target), None, libc.MS.BIND)
             backing = os.fstat(source)
         finally:
             os.close(source)
@@ -250,9 +265,7 @@ def _child_op(op: plan.ChildOp) -> None:
                 st = os.fstat(mounted)
                 if (st.st_dev, st.st_ino) != (backing.st_dev, backing.st_ino):
                     raise OSError(errno.EBUSY, "target changed under the mount", op.target)
-                libc.mount(
-                    None, f"/proc/self/fd/{mounted}", None, libc.MS.BIND | libc.MS.REMOUNT | bits
-                )
+                libc.mount(None, _fd_path(mounted), None, libc.MS.BIND | libc.MS.REMOUNT | bits)
             finally:
                 os.close(mounted)
 
@@ -261,10 +274,69 @@ def _send(fd: int, message: str) -> None:
     os.write(fd, (message.replace("\n", " ") + "\n").encode())
 
 
+def _ns_number(path: str) -> Optional[int]:
+    """The kernel's id of a namespace (NS_GET_ID, Linux 6.x), None where it has none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, _NS_GET_ID, buf)
+        return int.from_bytes(buf, sys.byteorder)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _pass_own_mount_ns() -> None:
+    """Make sure the next namespace made on this CPU gets an id above our own mount namespace's.
+
+    The kernel refuses to bind a mount-namespace file unless that namespace is newer (has a
+    higher id) than the binder's own. Ids come from one counter in per-CPU batches, so inside a
+    nested mount namespace (a sandbox, a containerised slurmd) this CPU's batch can lie below
+    our namespace's id, and every namespace made here would be refused. Throwaway UTS
+    namespaces use up the batch until its ids pass ours (or the CPU takes a fresh, higher
+    batch); then we return to our own UTS namespace. This works whatever the affinity mask: the
+    caller stays on one CPU until it has made the job's namespaces.
+    """
+    own = _ns_number("/proc/self/ns/mnt")
+    if own is None:
+        return  # no ids to compare: such kernels hand them out in order
+    uts = os.open("/proc/self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for _ in range(MAX_ID_BURN):
+            libc.unshare(libc.CLONE.NEWUTS)
+            if (_ns_number("/proc/self/ns/uts") or 0) > own:
+                break
+    finally:
+        try:
+            libc.setns(uts, libc.CLONE.NEWUTS)
+        finally:
+            os.close(uts)
+
+
+@contextlib.contextmanager
+def _on_one_cpu() -> Iterator[None]:
+    """Stay on the CPU we run on (always in the affinity mask) for the block's duration."""
+    try:
+        affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {libc.sched_getcpu()})
+    except OSError:
+        affinity = None  # not allowed to pin (some containers): the bind retry still helps
+    try:
+        yield
+    finally:
+        if affinity is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, affinity)
+
+
 def _child_main(
-    op: plan.CreateNamespaces, cpu: int, go_fd: int, status_fd: int, holder_path
+    op: plan.CreateNamespaces, go_fd: int, status_fd: int, program_fd: Optional[int]
 ) -> None:
-    """Runs in the forked child; every path ends in os._exit or exec."""
+    """Runs in the forked child; every path ends in os._exit, an exec or the holder's loop."""
     flags = libc.CLONE.NEWNS
     if "pid" in op.kinds:
         flags |= libc.CLONE.NEWPID
@@ -273,11 +345,11 @@ def _child_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    affinity = os.sched_getaffinity(0)
     try:
-        os.sched_setaffinity(0, {cpu})  # the namespace id batch is per CPU: see _create_namespaces
-        libc.unshare(flags)
-        os.sched_setaffinity(0, affinity)
+        with _on_one_cpu():
+            with contextlib.suppress(OSError):  # best effort: the bind retry is the fallback
+                _pass_own_mount_ns()
+            libc.unshare(flags)
     except OSError as exc:
         _send(status_fd, f"err unshare({','.join(op.kinds)}): {exc.strerror}")
         os._exit(1)
@@ -302,7 +374,8 @@ def _child_main(
             os._exit(1)
     _send(status_fd, "ok")
     if op.holder:
-        holder.become_holder(op.job_id, holder_path)
+        os.close(go_fd)
+        holder.become_holder(op.job_id, status_fd, program_fd)
     os._exit(0)
 
 
@@ -310,7 +383,8 @@ class _Reader:
     def __init__(self, fd: int):
         self.fd, self.buffer = fd, b""
 
-    def line(self, timeout: float) -> str:
+    def line(self, timeout: float, eof_ok: bool = False) -> Optional[str]:
+        """The next line; at end of file None when ``eof_ok``, else a SetupError."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buffer:
             left = deadline - time.monotonic()
@@ -318,6 +392,8 @@ class _Reader:
                 raise SetupError("namespace child", f"no answer within {timeout:g} s")
             chunk = os.read(self.fd, 4096)
             if not chunk:
+                if eof_ok and not self.buffer:
+                    return None
                 raise SetupError("namespace child", "exited without reporting (killed?)")
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
@@ -333,7 +409,11 @@ def _kill_and_reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def _create_once(op: plan.CreateNamespaces, cpu: int, holder_path, log) -> tuple[int, str]:
+def _error_of(line: str) -> str:
+    return line[4:] if line.startswith("err ") else line
+
+
+def _create_once(op: plan.CreateNamespaces, program_fd: Optional[int], log) -> tuple[int, str]:
     go_read, go_write = os.pipe()
     status_read, status_write = os.pipe()
     child = os.fork()
@@ -341,7 +421,7 @@ def _create_once(op: plan.CreateNamespaces, cpu: int, holder_path, log) -> tuple
         try:
             os.close(go_write)
             os.close(status_read)
-            _child_main(op, cpu, go_read, status_write, holder_path)
+            _child_main(op, go_read, status_write, program_fd)
         finally:
             os._exit(1)
     os.close(go_read)
@@ -351,9 +431,9 @@ def _create_once(op: plan.CreateNamespaces, cpu: int, holder_path, log) -> tuple
     unreaped = {child}  # pids we may still signal: our own children, not yet reaped
     bound: list[str] = []
     try:
-        first = reader.line(CHILD_TIMEOUT)
+        first = reader.line(CHILD_TIMEOUT) or ""
         if not first.startswith("pid "):
-            raise SetupError("create namespaces", first[4:] if first.startswith("err ") else first)
+            raise SetupError("create namespaces", _error_of(first))
         worker = int(first[4:])
         if op.holder:
             os.waitpid(child, 0)  # the worker (PID 1 inside) is now re-parented to us, a subreaper
@@ -374,12 +454,19 @@ def _create_once(op: plan.CreateNamespaces, cpu: int, holder_path, log) -> tuple
             raise SetupError("namespace child", "exited without reporting (killed?)") from None
         answer = reader.line(CHILD_TIMEOUT)
         if answer != "ok":
-            raise SetupError("namespace setup", answer[4:] if answer.startswith("err ") else answer)
-        if op.holder:
-            _protect_from_oom(worker, log)
-            return worker, _proc_field(worker, 22) or "0"
-        os.waitpid(worker, 0)
-        return 0, "0"
+            raise SetupError("namespace setup", _error_of(answer or ""))
+        if not op.holder:
+            os.waitpid(worker, 0)
+            return 0, "0"
+        # The holder closes the pipe once it runs (an exec closes it on success); an exec that
+        # failed says why. Either way nothing is "ready" about a holder that is not running.
+        last = reader.line(CHILD_TIMEOUT, eof_ok=True)
+        if last is not None:
+            raise SetupError("holder", _error_of(last))
+        if not procfs.alive(worker):
+            raise SetupError("holder", f"pid {worker} exited as soon as it started")
+        _protect_from_oom(worker, log)
+        return worker, procfs.start_time(worker) or "0"
     except BaseException:
         for path in reversed(bound):
             with contextlib.suppress(OSError):
@@ -417,25 +504,49 @@ def _map_user_ns(op: plan.CreateNamespaces, worker: int, log) -> None:
             raise SetupError(f"write /proc/{worker}/{name}", exc.strerror) from None
 
 
-def _create_namespaces(op: plan.CreateNamespaces, holder_path, log) -> tuple[int, str]:
-    """Make the namespaces, retrying a refused mnt-ns bind on another CPU.
-
-    The kernel refuses to bind an mnt-namespace file unless that namespace is newer than the
-    binder's own. Namespace ids come in per-CPU batches, so inside a nested mount namespace (a
-    sandbox, a containerised slurmd) a fresh namespace can get an OLDER id and the bind fails
-    with EINVAL at random. Creating it again on another CPU succeeds.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    for attempt in range(BIND_ATTEMPTS):
+def _create_namespaces(
+    op: plan.CreateNamespaces, program_fd: Optional[int], log
+) -> tuple[int, str]:
+    """Make the namespaces; a refused mnt-ns bind (see _pass_own_mount_ns) is tried again."""
+    for _ in range(BIND_ATTEMPTS):
         try:
-            return _create_once(op, cpus[attempt % len(cpus)], holder_path, log)
+            return _create_once(op, program_fd, log)
         except _RetryBind:
             log.debug("binding the mount namespace failed with EINVAL; creating it again")
     raise SetupError("bind mnt namespace", f"EINVAL in {BIND_ATTEMPTS} attempts")
 
 
+def open_holder_program(path: str) -> int:
+    """The holder program, opened now: before any private mount can hide where it lives.
+
+    It must be a root-owned executable that only root can write, in a directory only root can
+    change (fsafe's rules), or a user could swap it for their own program run as root.
+    """
+    directory, name = os.path.split(path)
+    try:
+        parent = fsafe.trusted_dir(directory, "the holder's directory")
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        finally:
+            os.close(parent)
+    except OSError as exc:
+        raise SetupError(f"open holder {path}", str(exc)) from None
+    st = os.fstat(fd)
+    if (
+        not stat.S_ISREG(st.st_mode)
+        or st.st_uid != 0
+        or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        or not st.st_mode & stat.S_IXUSR
+    ):
+        os.close(fd)
+        raise SetupError(
+            f"open holder {path}", "must be an executable owned by root and writable only by root"
+        )
+    return fd
+
+
 # ---------------------------------------------------------------------------------------------
-# Setup and teardown
+# Setup
 
 
 class SetupResult(NamedTuple):
@@ -443,43 +554,28 @@ class SetupResult(NamedTuple):
     holder_pid: int
 
 
-def _write_index(op: plan.WriteIndex, holder_pid: int, holder_start: str) -> None:
-    entry = dict(op.entry)
-    entry["holder_pid"], entry["holder_start"] = str(holder_pid), holder_start
-    directory = os.path.dirname(op.path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    # The TaskProlog reads the entry as the job user: a strict umask (here, or in whichever
-    # nsctl command made the runtime directory first) must not close the way to it.
-    for path in (os.path.dirname(directory), directory):
-        mode = stat.S_IMODE(os.lstat(path).st_mode)
-        if mode & 0o055 != 0o055:
-            os.chmod(path, mode | 0o055)
-    tmp = f"{op.path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(format_index(entry))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, op.path)
-    except BaseException:
-        # A full /run must not leave a half-written entry behind (the rollback removes only
-        # the real name).
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def is_live(paths: JobPaths, entry: Optional[dict]) -> bool:
+def is_live(entry: Optional[IndexEntry]) -> bool:
     """A job is fully set up when its index entry exists, its namespaces are still bound and,
     with a PID namespace, its holder is alive."""
-    if not entry:
+    if entry is None:
         return False
-    kinds = entry.get("namespaces", "").split(",")
-    if any(_nsfs_id(paths.ns_file(kind)) is None for kind in kinds):
+    ns_files = {kind: os.path.join(entry.ns_dir, kind) for kind in entry.namespaces}
+    if any(procfs.ns_id(path) is None for path in ns_files.values()):
         return False
-    if "pid" in kinds:
-        return bool(_pids_in_ns(_nsfs_id(paths.ns_file("pid")), entry))
+    if "pid" in ns_files:
+        pid_ns = procfs.ns_id(ns_files["pid"])
+        return bool(pid_ns and procfs.holders(pid_ns, entry.holder_pid, entry.holder_start))
     return True
+
+
+def _difference(entry: IndexEntry, wanted: IndexEntry) -> Optional[str]:
+    """What makes a live job not the one this setup is for (a requeue under another owner)."""
+    for field in ("uid", "gid", "user", "namespaces", "job_dir", "dirs", "dir_bases"):
+        have, want = getattr(entry, field), getattr(wanted, field)
+        if have != want:
+            show = (lambda v: ",".join(v)) if isinstance(want, tuple) else str
+            return f"{field} is {show(have)}, not {show(want)}"
+    return None
 
 
 def _on_signal(signum, _frame):
@@ -488,78 +584,91 @@ def _on_signal(signum, _frame):
 
 def setup(
     the_plan: plan.Plan,
-    teardown_plan: plan.TeardownPlan,
+    teardown_plan_for: TeardownPlanFor,
     log: logging.Logger,
     holder_path: Optional[str] = None,
 ) -> SetupResult:
-    """Run a setup plan. On failure everything is undone and SetupError names the step."""
+    """Run a setup plan. On failure everything is undone and SetupError names the step.
+
+    ``teardown_plan_for(entry)`` plans the teardown of this job given its current index entry:
+    used to clean what an earlier run left, and to roll back.
+    """
     job = the_plan.job
     libc.set_child_subreaper()
     old_handlers = {
         s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     }
+    state = _SetupState(log, None)
     try:
+        if holder_path:
+            state.program_fd = open_holder_program(holder_path)
         with _lock(int(job.job_id)):
-            entry = read_index(job.job_id)
-            if is_live(the_plan.paths, entry):
-                log.info("already set up; nothing to do")
-                return SetupResult("already set up", int(entry.get("holder_pid", "0")))
-            if entry or os.path.lexists(the_plan.paths.job_dir):
-                log.warning("cleaning up what an earlier run of this job left behind")
-                teardown_locked(teardown_plan, log, run_epilog=True)
-            holder_pid, holder_start = 0, "0"
-            step = "setup"
-            try:
-                for op in the_plan.ops:
-                    step = op.describe().splitlines()[0]
-                    log.debug("step: %s", step)
-                    if isinstance(op, plan.EnsureBase):
-                        _ensure_base(op)
-                    elif isinstance(op, plan.CheckTarget):
-                        _check_target(op)
-                    elif isinstance(op, plan.MakeDir):
-                        _make_dir(op)
-                    elif isinstance(op, plan.BindSelfPrivate):
-                        _bind_self_private(op)
-                    elif isinstance(op, plan.MakeNsFile):
-                        _make_ns_file(op)
-                    elif isinstance(op, plan.RunScript):
-                        result = run_script(op.name, op.path, dict(op.env), op.timeout, log)
-                        if not result.ok:
-                            raise SetupError(f"{op.name} {op.path}", result.detail)
-                    elif isinstance(op, plan.CreateNamespaces):
-                        holder_pid, holder_start = _create_namespaces(op, holder_path, log)
-                    elif isinstance(op, plan.WriteIndex):
-                        # A holder killed since (by clone_ns_script, the OOM killer, an admin)
-                        # took the PID namespace with it: nothing could join this job.
-                        if holder_pid and _proc_field(holder_pid, 3) in (None, "Z", "X"):
-                            raise SetupError(
-                                "holder", f"pid {holder_pid} died before setup finished"
-                            )
-                        _write_index(op, holder_pid, holder_start)
-                    else:  # pragma: no cover - the plan only holds the types above
-                        raise AssertionError(op)
-            except BaseException as exc:
-                # A (further) SIGTERM must not cut the rollback short: it is what undoes the
-                # mounts and the holder. slurmd's SIGKILL after its grace time still ends us.
-                for signum in old_handlers:
-                    signal.signal(signum, signal.SIG_IGN)
-                _rollback(teardown_plan, log)
-                if isinstance(exc, SetupError):
-                    raise
-                if isinstance(exc, OSError):
-                    where = f" ({exc.filename})" if exc.filename else ""
-                    raise SetupError(step, f"{exc.strerror or exc}{where}") from None
-                if isinstance(exc, _Interrupted):
-                    raise SetupError(step, f"interrupted by {exc}") from None
-                raise
-            log.info(
-                "namespaces ready (%s)", f"holder pid {holder_pid}" if holder_pid else "no holder"
-            )
-            return SetupResult("created", holder_pid)
+            return _setup_locked(the_plan, teardown_plan_for, state, old_handlers)
+    except (OSError, _Interrupted) as exc:
+        if isinstance(exc, _Interrupted):
+            raise SetupError(state.step, f"interrupted by {exc}") from None
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SetupError(state.step, f"{exc.strerror or exc}{where}") from None
     finally:
+        if state.program_fd is not None:
+            os.close(state.program_fd)
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
+
+
+def _run_steps(ops, state: _SetupState) -> None:
+    for op in ops:
+        state.step = op.describe().splitlines()[0]
+        state.log.debug("step: %s", state.step)
+        _SETUP_STEPS[type(op)](op, state)
+
+
+def _setup_locked(the_plan, teardown_plan_for, state: _SetupState, handlers) -> SetupResult:
+    log, job_id = state.log, the_plan.job.job_id
+    # The bases are checked first: nothing is done inside a base before it is known to be
+    # root's alone, not even cleaning what an earlier run left there.
+    checks = 0
+    while isinstance(the_plan.ops[checks], plan.EnsureBase):
+        checks += 1
+    _run_steps(the_plan.ops[:checks], state)
+    state.step = "clean up an earlier run"
+    _remove_temp_index_files(job_id)
+    try:
+        entry = read_index(job_id)
+    except BadIndex as exc:  # steers nothing: the config says where to clean
+        log.error("%s; ignoring it", exc)
+        entry = None
+    except InputError as exc:
+        raise SetupError("read runtime index", str(exc)) from None
+    if is_live(entry):
+        wanted = next(op.entry for op in the_plan.ops if isinstance(op, plan.WriteIndex))
+        difference = _difference(entry, wanted)
+        if difference is None:
+            log.info("already set up; nothing to do")
+            return SetupResult("already set up", entry.holder_pid)
+        log.warning(
+            "a live namespace of this job id does not match this job (%s): tearing it down "
+            "and building the job again",
+            difference,
+        )
+    if entry or os.path.lexists(the_plan.paths.job_dir):
+        log.warning("cleaning up what an earlier run of this job left behind")
+        leftovers = teardown_locked(teardown_plan_for(entry), log, run_epilog=True)
+        if leftovers:
+            raise SetupError(state.step, f"left behind: {', '.join(leftovers)}")
+    rollback = teardown_plan_for(None)
+    try:
+        _run_steps(the_plan.ops[checks:], state)
+    except BaseException:
+        # A (further) SIGTERM must not cut the rollback short: it is what undoes the mounts
+        # and the holder. slurmd's SIGKILL after its grace time still ends us.
+        for signum in handlers:
+            signal.signal(signum, signal.SIG_IGN)
+        _rollback(rollback, log)
+        raise
+    holder_pid = state.holder_pid
+    log.info("namespaces ready (%s)", f"holder pid {holder_pid}" if holder_pid else "no holder")
+    return SetupResult("created", holder_pid)
 
 
 def _rollback(teardown_plan: plan.TeardownPlan, log) -> None:
@@ -569,6 +678,268 @@ def _rollback(teardown_plan: plan.TeardownPlan, log) -> None:
         log.error("rollback incomplete: %s", exc)
 
 
+# ---------------------------------------------------------------------------------------------
+# Teardown
+
+
+class _JobDir(NamedTuple):
+    """A directory teardown may act on: opened from a trusted parent, checked to be nsctl's."""
+
+    path: str
+    parent: int  # fd of B (or D)
+    name: str  # J
+    fd: int  # O_RDONLY fd of B/J itself
+    ident: str  # "dev:ino"
+
+
+class _TeardownState:
+    def __init__(self, tp: plan.TeardownPlan, log, run_epilog: bool):
+        self.plan = tp
+        self.log = log
+        self.run_epilog = run_epilog
+        self.dirs: dict[str, Optional[_JobDir]] = {}
+        self.unreachable: set[str] = set()  # job dirs that exist but must not be touched
+        self.pid_ns: set[str] = set()  # job dirs whose PID namespace holder was killed
+        self.leftovers: list[str] = []
+
+    def left(self, path: str, message: str) -> None:
+        """``path`` stays behind; ``message`` (which names it) says why."""
+        self.log.error("%s", message)
+        self.leftovers.append(path)
+
+    def close(self) -> None:
+        for job_dir in self.dirs.values():
+            if job_dir:
+                os.close(job_dir.fd)
+                os.close(job_dir.parent)
+
+
+def _open_owned(path: str, expected_id: str, what: str, state: _TeardownState) -> Optional[_JobDir]:
+    """B/J (or D/J) for teardown, or None when there is nothing of nsctl's to act on.
+
+    The parent is reached from / without a symlink and must be root's alone (fsafe); B/J must be
+    a root-owned directory and, when the index recorded one, the very directory setup made.
+    """
+    parent_path, name = os.path.split(path)
+    try:
+        parent = fsafe.trusted_dir(parent_path, what)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        state.unreachable.add(path)
+        state.left(path, f"left {path} alone: {exc.strerror}")
+        return None
+    try:
+        found = _open_child(parent, name, path, expected_id, state)
+    except OSError as exc:
+        state.unreachable.add(path)
+        state.left(path, f"left {path} alone: {exc.strerror}")
+        found = None
+    if found is None:
+        os.close(parent)
+    return found
+
+
+def _open_child(
+    parent: int, name: str, path: str, expected_id: str, state: _TeardownState
+) -> Optional[_JobDir]:
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        # A symlink (or file) where B/J belongs is never entered: its .ns files, holder and
+        # tree would be someone else's. Remove the link itself so setup can go on.
+        os.unlink(name, dir_fd=parent)
+        return None
+    if st.st_uid != 0:
+        # nsctl makes B/J and D/J root-owned: one owned by a user (who could create it only in
+        # a base others can write to, which setup refuses) is theirs, with .ns entries that may
+        # point at another job's namespaces. It is no leftover of ours.
+        state.log.warning("left %s alone: owned by uid %d, so nsctl never made it", path, st.st_uid)
+        return None
+    ident = f"{st.st_dev}:{st.st_ino}"
+    if expected_id and ident != expected_id:
+        state.unreachable.add(path)
+        state.left(
+            path,
+            f"left {path} alone: it is not the directory setup made (it is {ident}; the index "
+            f"recorded {expected_id})",
+        )
+        return None
+    fd = os.open(name, fsafe.O_READ_DIR, dir_fd=parent)
+    if fsafe.identity(fd) != ident:  # replaced between the stat and the open
+        os.close(fd)
+        state.unreachable.add(path)
+        state.left(path, f"left {path} alone: it changed while teardown opened it")
+        return None
+    return _JobDir(path, parent, name, fd, ident)
+
+
+def _td_epilog(op: plan.RunScript, state: _TeardownState) -> None:
+    if not state.run_epilog or not any(os.path.lexists(d) for d in state.plan.job_dirs):
+        return
+    result = run_script(op.name, op.path, dict(op.env), op.timeout, state.log)
+    if not result.ok:
+        state.log.error(
+            "clone_ns_epilog %s failed: %s; tearing down anyway", op.path, result.detail
+        )
+
+
+def _td_open(op: plan.OpenJobDir, state: _TeardownState) -> None:
+    state.dirs[op.path] = _open_owned(op.path, op.expected_id, "base directory", state)
+
+
+def _td_kill_holder(op: plan.KillHolder, state: _TeardownState) -> None:
+    job_dir = state.dirs.get(op.job_dir)
+    if job_dir is None:
+        # B/J cannot be reached (it was swapped, or its base made unsafe): the holder the index
+        # names is still killed, known by its pid and start time, so the job's PID namespace
+        # does not outlive its Epilog.
+        recorded = op.pid > 1 and procfs.start_time(op.pid) == op.start
+        if op.job_dir in state.unreachable and recorded and procfs.is_ns_init(op.pid):
+            state.log.info("killing holder pid %d", op.pid)
+            _kill_and_wait(op.pid, HOLDER_EXIT_WAIT)
+        return
+    pid_ns = procfs.ns_id(_fd_path(job_dir.fd, ".ns", "pid"))
+    if pid_ns is None:
+        return
+    state.pid_ns.add(op.job_dir)
+    for pid in procfs.holders(pid_ns, op.pid, op.start):
+        state.log.info("killing holder pid %d", pid)
+        if not _kill_and_wait(pid, HOLDER_EXIT_WAIT):
+            state.left(op.job_dir, f"holder pid {pid} of {op.job_dir} still alive after SIGKILL")
+
+
+def _td_kill_processes(op: plan.KillJobProcesses, state: _TeardownState) -> None:
+    """A job without a PID namespace has no init whose death takes its processes along: a
+    daemon that escaped Slurm's process tracking would keep the mount namespace (and its
+    /dev/shm) alive and keep writing while its files are deleted."""
+    job_dir = state.dirs.get(op.job_dir)
+    if job_dir is None or op.job_dir in state.pid_ns:
+        return
+    mnt_ns = procfs.ns_id(_fd_path(job_dir.fd, ".ns", "mnt"))
+    if mnt_ns is None:
+        return
+    deadline = time.monotonic() + KILL_WAIT
+    killed: set[int] = set()
+    while True:
+        pids = procfs.in_mount_ns(mnt_ns)
+        if not pids:
+            break
+        if time.monotonic() > deadline:
+            state.left(
+                op.job_dir,
+                f"processes {sorted(pids)} in the mount namespace of {op.job_dir} did not die "
+                "after SIGKILL",
+            )
+            return
+        for pid in pids:
+            if pid not in killed:
+                state.log.info("killing pid %d, still in the job's mount namespace", pid)
+                killed.add(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # ours when setup rolls back
+        time.sleep(0.005)
+
+
+def _td_unmount_ns(op: plan.UnmountNsFiles, state: _TeardownState) -> None:
+    job_dir = state.dirs.get(op.job_dir)
+    if job_dir is None:
+        return
+    for kind in NS_JOIN_ORDER:
+        try:
+            _umount_ns_file(_fd_path(job_dir.fd, ".ns", kind))
+        except OSError as exc:
+            # Deleting past a still-mounted namespace file fails anyway; leave the tree whole.
+            state.left(
+                op.job_dir,
+                f"cannot unmount {op.job_dir}/.ns/{kind}: {exc.strerror}; leaving {op.job_dir} "
+                "in place",
+            )
+            state.dirs[op.job_dir] = None
+            os.close(job_dir.fd)
+            os.close(job_dir.parent)
+            return
+
+
+def _td_remove_job_dir(op: plan.RemoveJobDir, state: _TeardownState) -> None:
+    job_dir = state.dirs.get(op.job_dir)
+    if job_dir is None:
+        return
+    _remove_owned(job_dir, state, unmount=True)
+
+
+def _td_remove_dir_root(op: plan.RemoveDirRoot, state: _TeardownState) -> None:
+    root = _open_owned(op.path, op.expected_id, "dir_confs base directory", state)
+    if root is not None:
+        try:
+            _remove_owned(root, state, unmount=False)
+        finally:
+            os.close(root.fd)
+            os.close(root.parent)
+
+
+def _remove_owned(job_dir: _JobDir, state: _TeardownState, unmount: bool) -> None:
+    from . import rmtree  # teardown only: setup needs it just to roll back
+
+    emptied = _report(rmtree.remove_contents(job_dir.fd, job_dir.path), state)
+    if unmount:
+        # Even when something had to stay: the lazy unmount of B/J's self-bind also takes away
+        # whatever was left mounted inside it.
+        try:
+            libc.umount2(_fd_path(job_dir.parent, job_dir.name), libc.MNT_DETACH)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                state.left(job_dir.path, f"cannot unmount {job_dir.path}: {exc.strerror}")
+                return
+    if emptied:
+        try:
+            os.rmdir(job_dir.name, dir_fd=job_dir.parent)
+        except OSError as exc:
+            state.left(job_dir.path, f"could not remove {job_dir.path}: {exc.strerror}")
+
+
+def _report(result: rmtree.Result, state: _TeardownState) -> bool:
+    for failure in result.failures:
+        state.left(failure.path, f"could not remove {failure.path}: {failure.error}")
+    for path in result.skipped_mounts:
+        state.left(path, f"left {path} alone: it is a mount point")
+    return result.ok
+
+
+def _td_remove_index(op: plan.RemoveIndex, state: _TeardownState) -> None:
+    job_id = state.plan.job_id
+    if state.leftovers:
+        # What is left is still the job's: the entry lets the next teardown find it.
+        state.log.warning("keeping the runtime index entry: something was left behind")
+        return
+    try:
+        jobs = open_run_subdir("jobs", create=False)
+    except FileNotFoundError:
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job_id, dir_fd=jobs)
+    finally:
+        os.close(jobs)
+    _remove_temp_index_files(job_id)
+
+
+_TEARDOWN_STEPS: dict[type, Callable] = {
+    plan.RunScript: _td_epilog,
+    plan.OpenJobDir: _td_open,
+    plan.KillHolder: _td_kill_holder,
+    plan.KillJobProcesses: _td_kill_processes,
+    plan.UnmountNsFiles: _td_unmount_ns,
+    plan.RemoveJobDir: _td_remove_job_dir,
+    plan.RemoveDirRoot: _td_remove_dir_root,
+    plan.RemoveIndex: _td_remove_index,
+}
+
+
 def teardown(teardown_plan: plan.TeardownPlan, log: logging.Logger) -> list[str]:
     """Destroy a job's namespaces and files. Idempotent; returns what could not be removed."""
     with _lock(int(teardown_plan.job_id), teardown=True):
@@ -576,98 +947,27 @@ def teardown(teardown_plan: plan.TeardownPlan, log: logging.Logger) -> list[str]
 
 
 def teardown_locked(tp: plan.TeardownPlan, log, run_epilog: bool) -> list[str]:
-    from . import rmtree  # teardown only: setup needs it just to roll back
-
-    entry = read_index(tp.job_id)
-    existing = [d for d in tp.job_dirs if os.path.lexists(d)]
-    if run_epilog and tp.epilog and existing:
-        result = run_script(
-            tp.epilog.name, tp.epilog.path, dict(tp.epilog.env), tp.epilog.timeout, log
-        )
-        if not result.ok:
-            log.error(
-                "clone_ns_epilog %s failed: %s; tearing down anyway", tp.epilog.path, result.detail
-            )
-    leftovers: list[str] = []
-    for job_dir in existing:
-        st = os.lstat(job_dir)
-        if not stat.S_ISDIR(st.st_mode):
-            # A symlink (or file) where B/J belongs is never entered: its .ns files, holder and
-            # tree would be someone else's. Remove the link itself so setup can go on.
-            leftovers += _report(rmtree.remove_tree(job_dir), log)
-            continue
-        if _not_ours(job_dir, st, log):
-            continue
-        ns_dir = os.path.join(job_dir, ".ns")
-        pid_ns = _nsfs_id(os.path.join(ns_dir, "pid"))
-        if pid_ns:
-            for pid in _pids_in_ns(pid_ns, entry):
-                log.info("killing holder pid %d", pid)
-                _kill_and_wait(pid)
-        for kind in NS_JOIN_ORDER:
-            path = os.path.join(ns_dir, kind)
-            try:
-                _umount_ns_file(path)
-            except OSError as exc:
-                raise TeardownError(
-                    f"cannot unmount {path}: {exc.strerror}; leaving {job_dir} in place"
-                ) from None
-        leftovers += _remove_job_dir(job_dir, log)
-    for root in tp.dir_job_roots:
-        with contextlib.suppress(FileNotFoundError):
-            if _not_ours(root, os.lstat(root), log):
-                continue
-        leftovers += _report(rmtree.remove_tree(root), log)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tp.index_file)
-    return leftovers
+    state = _TeardownState(tp, log, run_epilog)
+    try:
+        for op in tp.ops:
+            log.debug("teardown: %s", op.describe())
+            _TEARDOWN_STEPS[type(op)](op, state)
+    finally:
+        state.close()
+    return state.leftovers
 
 
-def _not_ours(path: str, st: os.stat_result, log) -> bool:
-    """nsctl makes B/J and D/J root-owned: one owned by a user (who could create it only in a
-    base others can write to, which setup refuses) is theirs, with .ns entries that may point
-    at another job's namespaces. It is left alone, and is no leftover of ours."""
-    if stat.S_ISDIR(st.st_mode) and st.st_uid != 0:
-        log.warning("left %s alone: owned by uid %d, so nsctl never made it", path, st.st_uid)
-        return True
-    return False
-
-
-def _kill_and_wait(pid: int) -> None:
+def _kill_and_wait(pid: int, timeout: float) -> bool:
+    """SIGKILL a verified pid and wait for it to be gone (or a zombie). True when it is."""
     assert pid > 1, pid  # never kill(-1), never init
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + HOLDER_EXIT_WAIT
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    while True:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # ours when setup rolls back (we are its subreaper)
-        state = _proc_field(pid, 3)
-        if state is None or state in ("Z", "X"):
-            return
+        if not procfs.alive(pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.005)
-
-
-def _report(result: rmtree.Result, log) -> list[str]:
-    left = []
-    for failure in result.failures:
-        log.error("could not remove %s: %s", failure.path, failure.error)
-        left.append(failure.path)
-    for path in result.skipped_mounts:
-        log.error("left %s alone: it is a mount point", path)
-        left.append(path)
-    return left
-
-
-def _remove_job_dir(job_dir: str, log) -> list[str]:
-    from . import rmtree
-
-    leftovers = _report(rmtree.remove_contents(job_dir), log)
-    try:
-        libc.umount2(job_dir, libc.MNT_DETACH | libc.UMOUNT_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOENT):
-            log.error("cannot unmount %s: %s", job_dir, exc.strerror)
-            return leftovers + [job_dir]
-    if not leftovers:
-        leftovers = _report(rmtree.remove_tree(job_dir), log)
-    return leftovers

@@ -3,66 +3,90 @@
 When PID 1 of a PID namespace exits, the kernel kills the namespace and nothing can enter it
 again, so something must stay. The holder reaps orphans (every task whose parent exits is
 re-parented to it), is named ``nsctl: [J:namespace]`` in ps, keeps no inherited descriptor (Slurm
-waits on the Prolog's output pipes), and is small: a fresh ``python -I -S`` running the loop
-below (no site, no nsctl, no ctypes), or the optional C holder built in contrib/slurm/spank
-(``nsctl setup --holder PATH``), which is a few hundred kB.
+waits on the Prolog's output pipes), and never depends on a path inside the job's mount
+namespace, where /tmp (or wherever nsctl is installed) may already be the job's empty private
+directory:
 
-Everything here runs in the forked namespace child, between fork and exec.
+- by default it is the namespace's first process itself, a fork of ``nsctl setup`` that simply
+  stays (nothing is executed, nothing is read from disk);
+- with ``nsctl setup --holder PATH`` (the small C holder in contrib/slurm/holder) the program is
+  opened before any private mount is made and executed from that descriptor; an exec failure
+  reaches setup through the status pipe, which is close-on-exec (the way subprocess reports it).
+
+Everything here runs in the forked namespace child, after its mounts are made.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+import signal
 from typing import Optional
-
-# Runs in a bare interpreter: only builtin modules. The title replaces the argv area the
-# kernel shows as /proc/PID/cmdline, the way setproctitle does; comm is set through prctl's
-# sibling, /proc/self/comm.
-HOLDER_CODE = r"""
-import os, signal, sys
-title = sys.argv[1].encode()
-try:
-    with open('/proc/self/comm', 'wb') as f:
-        f.write(title[:15])
-    with open('/proc/self/stat', 'rb') as f:
-        fields = f.read().rsplit(b')', 1)[1].split()
-    start, end = int(fields[45]), int(fields[46])
-    with open('/proc/self/mem', 'r+b', buffering=0) as mem:
-        mem.seek(start)
-        mem.write(title[: end - start - 1].ljust(end - start, b'\0'))
-except OSError:
-    pass
-del title
-watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-while True:
-    signal.sigwait(watched)
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-"""
 
 
 def title(job_id: str) -> str:
     return f"nsctl: [{job_id}:namespace]"
 
 
-def become_holder(job_id: str, holder_path: Optional[str] = None) -> None:
-    """Detach from everything inherited and exec the holder. Never returns."""
+def set_title(text: str) -> None:
+    """Show ``text`` as this process's name: comm (15 bytes) and the argv area ps prints, the
+    way setproctitle does (the area keeps its size; the rest is zeroed)."""
+    raw = text.encode()
+    try:
+        with open("/proc/self/comm", "wb") as handle:
+            handle.write(raw[:15])
+        with open("/proc/self/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(raw[: end - start - 1].ljust(end - start, b"\0"))
+    except (OSError, ValueError, IndexError):
+        pass  # a name is a courtesy: never a reason for the job to fail
+
+
+def _detach(keep: tuple[int, ...]) -> None:
+    """Own session, /dev/null on 0-2, cwd /, every other inherited descriptor closed."""
     os.setsid()
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     for name in os.listdir("/proc/self/fd"):
-        if int(name) > 2:
+        fd = int(name)
+        if fd > 2 and fd not in keep:
             try:
-                os.close(int(name))
+                os.close(fd)
             except OSError:
                 pass  # the descriptor listdir itself used
     os.chdir("/")
-    if holder_path:
-        os.execv(holder_path, [title(job_id)])
-    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", HOLDER_CODE, title(job_id)])
+
+
+def _reap_forever() -> None:
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    while True:
+        signal.sigwait(watched)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+
+
+def become_holder(job_id: str, status_fd: int, program_fd: Optional[int] = None) -> None:
+    """Turn this process into the holder. Never returns.
+
+    ``status_fd`` is the pipe to setup, which has already read "ok": it is closed when the holder
+    runs (EOF tells setup so), or carries "err ..." when ``program_fd`` cannot be executed.
+    """
+    _detach(keep=(status_fd,) if program_fd is None else (status_fd, program_fd))
+    name = title(job_id)
+    if program_fd is None:
+        set_title(name)
+        os.close(status_fd)
+        _reap_forever()
+    os.set_inheritable(status_fd, False)  # closed by a successful exec: EOF means it runs
+    try:
+        os.execve(program_fd, [name], dict(os.environ))
+    except OSError as exc:
+        os.write(status_fd, f"err exec holder: {exc.strerror}\n".encode())
+    os._exit(127)

@@ -49,11 +49,12 @@ def run_setup(
     """Build a job's namespaces; the exit status (0 also when nsctl is disabled on the node)."""
     from . import engine, plan
     from .jobs import resolve_job
-    from .layout import index_path
+    from .layout import index_path, valid_job_id
     from .loader import load_node_config
     from .log import job_logger
 
-    log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
+    # Only a checked, normalised id tags the log: raw text could split or forge its lines.
+    log = job_logger(valid_job_id(job_id or os.environ.get("SLURM_JOB_ID")), verbose)
     try:
         problem = holder and holder_problem(holder)
         if problem:  # a setup failure like any other: the fail policy decides
@@ -70,8 +71,11 @@ def run_setup(
             return Exit.OK
         if os.geteuid() != 0:
             raise NsctlError("setup needs root")
-        teardown_plan = plan.plan_teardown(resolved, job.job_id, index_file, os.environ)
-        result = engine.setup(the_plan, teardown_plan, log, holder)
+
+        def teardown_plan_for(entry):
+            return plan.plan_teardown(resolved, job.job_id, index_file, os.environ, entry)
+
+        result = engine.setup(the_plan, teardown_plan_for, log, holder)
         if verbose:
             log.info("setup: %s", result.status)
     except Exception as exc:  # noqa: BLE001 - the fail policy covers nsctl's own bugs too
@@ -96,25 +100,30 @@ def run_teardown(
 ) -> int:
     """Destroy a job's namespaces and files; the exit status (1 when something was left)."""
     from . import engine, plan
-    from .errors import ConfigError
-    from .layout import check_job_id, index_path, read_index
+    from .layout import BadIndex, check_job_id, index_path, read_index, valid_job_id
     from .loader import load_node_config
     from .log import job_logger
 
-    log = job_logger(job_id or os.environ.get("SLURM_JOB_ID"), verbose)
+    log = job_logger(valid_job_id(job_id or os.environ.get("SLURM_JOB_ID")), verbose)
     try:
         job_id = check_job_id(job_id or os.environ.get("SLURM_JOB_ID"))
         try:
             resolved = load_node_config(config.config_path(config_file), config.node_name(node))
-        except ConfigError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with the config
             # Setup refuses such a config; here the index still says where a live job is, and
             # failing would drain the node even under a fail-open Prolog policy.
-            log.error("%s; tearing down from the runtime index only", exc)
+            if isinstance(exc, NsctlError):
+                log.error("%s; tearing down from the runtime index only", exc)
+            else:
+                log.exception("reading the config failed; tearing down from the runtime index only")
             resolved = None
         index_file = index_path(job_id)
-        teardown_plan = plan.plan_teardown(
-            resolved, job_id, index_file, os.environ, read_index(job_id)
-        )
+        try:
+            entry = read_index(job_id)
+        except BadIndex as exc:  # it steers nothing; removed at the end like a valid one
+            log.error("%s; ignoring it", exc)
+            entry = None
+        teardown_plan = plan.plan_teardown(resolved, job_id, index_file, os.environ, entry)
         if dry_run:
             echo(teardown_plan.describe())
             return Exit.OK

@@ -41,12 +41,7 @@ def open_namespaces(job_id: str) -> list[tuple[str, int]]:
     entry = read_index(job_id)
     if entry is None:
         raise InputError(f"job {job_id} has no nsctl namespaces on this node")
-    kinds = [k for k in entry.get("namespaces", "").split(",") if k]
-    if not kinds or any(k not in NS_JOIN_ORDER for k in kinds):
-        raise InputError(f"runtime index entry of job {job_id} lists bad namespaces: {kinds}")
-    ns_dir = entry.get("ns_dir", "")
-    if not os.path.isabs(ns_dir):
-        raise InputError(f"runtime index entry of job {job_id} has a bad ns_dir: {ns_dir!r}")
+    kinds, ns_dir = entry.namespaces, entry.ns_dir
     opened: list[tuple[str, int]] = []
     try:
         for kind in NS_JOIN_ORDER:
@@ -103,8 +98,8 @@ def join(job_id: str, argv: Sequence[str], as_user: bool = False) -> int:
     entry = read_index(job_id)
     if as_user and entry:
         try:
-            drop = (pwd.getpwuid(int(entry["uid"])), int(entry["gid"]))
-        except (KeyError, ValueError):
+            drop = (pwd.getpwuid(entry.uid), entry.gid)
+        except KeyError:
             raise InputError(f"job {job_id}: the job's user no longer exists") from None
     if not _single_threaded():
         raise NsctlError("join must run single-threaded (setns into a user or mount namespace)")

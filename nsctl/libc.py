@@ -40,6 +40,8 @@ _libc.prctl.argtypes = (
     ctypes.c_ulong,
 )
 _libc.prctl.restype = ctypes.c_int
+_libc.sched_getcpu.argtypes = ()
+_libc.sched_getcpu.restype = ctypes.c_int
 
 
 class MS(enum.IntFlag):
@@ -64,6 +66,7 @@ UMOUNT_NOFOLLOW = 0x8
 
 class CLONE(enum.IntFlag):
     NEWNS = 0x00020000
+    NEWUTS = 0x04000000
     NEWUSER = 0x10000000
     NEWPID = 0x20000000
 
@@ -132,6 +135,11 @@ def unshare(flags: int) -> None:
 def setns(fd: int, nstype: int, path: Optional[str] = None) -> None:
     # Always pass the explicit type: 0 would skip the kernel's check that fd is that kind.
     _call(_libc.setns, fd, int(nstype), path=path)
+
+
+def sched_getcpu() -> int:
+    """The CPU this thread runs on now."""
+    return _call(_libc.sched_getcpu)
 
 
 def prctl(option: int, arg2: int = 0) -> None:

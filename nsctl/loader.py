@@ -20,25 +20,36 @@ from typing import Optional
 
 from . import __version__, config
 from .errors import ConfigError
-from .layout import run_dir
+from .layout import open_run_subdir
 
 
-def _cache_file(path: str, node: str, hostname: str, env) -> str:
+def _cache_name(path: str, node: str, hostname: str) -> str:
     # One entry per (nsctl version, file, node, %h); the entry holds the file's exact text, so
     # a cheap checksum of the key is enough for the name (no hashlib on the Prolog path).
     key = f"{__version__}\0{os.path.realpath(path)}\0{node}\0{hostname}".encode()
-    return os.path.join(run_dir(env), "cache", f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json")
+    return f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json"
 
 
-def _read_cache(path: str, source: str) -> Optional[config.NodeConfig]:
+def _cache_dir(env) -> Optional[int]:
+    """The cache directory (root's alone, like the rest of the runtime directory), or None: a
+    cache only root can trust is only root's to use, and one that cannot be made costs speed."""
+    if os.geteuid() != 0:
+        return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return open_run_subdir("cache", create=True, env=env)
+    except OSError:
+        return None
+
+
+def _read_cache(cache: int, name: str, source: str) -> Optional[config.NodeConfig]:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cache)
     except OSError:
         return None
     with os.fdopen(fd, encoding="utf-8") as handle:
         st = os.fstat(handle.fileno())
-        # Trust only a cache file we own that nobody else can write.
-        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Trust only a cache file root owns that nobody else can write.
+        if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return None
         try:
             data = json.load(handle)
@@ -49,12 +60,11 @@ def _read_cache(path: str, source: str) -> Optional[config.NodeConfig]:
             return None
 
 
-def _write_cache(path: str, source: str, resolved: config.NodeConfig) -> None:
-    directory = os.path.dirname(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
+def _write_cache(cache: int, name: str, source: str, resolved: config.NodeConfig) -> None:
+    tmp = f"{name}.{os.getpid()}.tmp"
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=cache)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             entry = {
                 "source": source,
@@ -62,10 +72,10 @@ def _write_cache(path: str, source: str, resolved: config.NodeConfig) -> None:
                 "origins": dict(resolved.origins),
             }
             json.dump(entry, handle)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=cache, dst_dir_fd=cache)
     except OSError:  # a cache we cannot write only costs speed; leave no partial file
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=cache)
 
 
 def load_node_config(
@@ -90,19 +100,24 @@ def load_node_config(
         # %h needs NodeHostname from slurm.conf, whose NodeName lines can name thousands of
         # nodes: read it only for a config that uses %h (it never matters otherwise).
         hostname = config.node_hostname(node, env) if "%h" in text else node
-    cache = _cache_file(path, node, hostname, env) if use_cache else None
-    if cache:
-        cached = _read_cache(cache, text)
-        if cached is not None:
-            return cached
-    from . import validate  # cold path only: pulls in jsonschema
+    cache = _cache_dir(env) if use_cache else None
+    name = _cache_name(path, node, hostname)
+    try:
+        if cache is not None:
+            cached = _read_cache(cache, name, text)
+            if cached is not None:
+                return cached
+        from . import validate  # cold path only: pulls in jsonschema
 
-    # Validate exactly the text that was compared and will be cached: no window between them.
-    checked = validate.check_text(text, path)
-    if not checked.valid:
-        lines = "\n".join(str(issue) for issue in checked.errors)
-        raise ConfigError(f"{path} is not valid:\n{lines}", checked.errors)
-    resolved = config.resolve(checked.data, node, hostname)
-    if cache:
-        _write_cache(cache, text, resolved)
-    return resolved
+        # Validate exactly the text that was compared and will be cached: no window between.
+        checked = validate.check_text(text, path)
+        if not checked.valid:
+            lines = "\n".join(str(issue) for issue in checked.errors)
+            raise ConfigError(f"{path} is not valid:\n{lines}", checked.errors)
+        resolved = config.resolve(checked.data, node, hostname)
+        if cache is not None:
+            _write_cache(cache, name, text, resolved)
+        return resolved
+    finally:
+        if cache is not None:
+            os.close(cache)

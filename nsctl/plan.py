@@ -7,14 +7,13 @@ works on a job whose setup never finished.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import NamedTuple, Optional, Union
 
 from .config import INIT_SCRIPT_WAIT, USER_NS_SCRIPT_WAIT, NodeConfig, expand_job_path
 from .errors import InputError
 from .jobs import Job
-from .layout import NS_JOIN_ORDER, JobPaths
+from .layout import NS_JOIN_ORDER, IndexEntry, JobPaths
 
 ROOT = 0
 KEEP = -1  # leave the group unchanged
@@ -146,8 +145,10 @@ class CreateNamespaces(NamedTuple):
 
 
 class WriteIndex(NamedTuple):
+    """The job's runtime index entry; the engine fills in the holder and the directory ids."""
+
     path: str
-    entry: tuple[tuple[str, str], ...]
+    entry: IndexEntry
 
     def describe(self) -> str:
         return f"write runtime index {self.path}"
@@ -287,22 +288,97 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
                 config.clone_ns_script_wait,
             )
         )
-    entry = {
-        "version": "1",
-        "job_id": job.job_id,
-        "uid": str(job.uid),
-        "gid": str(job.gid),
-        "user": job.user,
-        "job_dir": paths.job_dir,
-        "ns_dir": paths.ns_dir,
-        "namespaces": ",".join(kinds),
-        "holder_pid": "0",
-        "holder_start": "0",
-        "dirs": ",".join(targets),
-        "dir_bases": ",".join(dir_bases),
-    }
-    ops.append(WriteIndex(index_file, tuple(entry.items())))
+    entry = IndexEntry(
+        job_id=job.job_id,
+        uid=job.uid,
+        gid=job.gid,
+        user=job.user,
+        job_dir=paths.job_dir,
+        namespaces=kinds,
+        dirs=targets,
+        dir_bases=dir_bases,
+    )
+    ops.append(WriteIndex(index_file, entry))
     return Plan(job, paths, tuple(ops), targets, tuple(paths.dir_job_root(b) for b in dir_bases))
+
+
+# --- teardown: one record per step, run in order by the engine ----------------------------
+#
+# Every step on a job directory acts on the directory OpenJobDir opened and verified: the one
+# setup made (the device and inode the index recorded), reached from / without a symlink. A job
+# directory that is missing is skipped; one that is not what setup made is left alone.
+
+
+class OpenJobDir(NamedTuple):
+    path: str  # B/J
+    expected_id: str  # "DEV:INO" from the index; "" when only the config names it
+
+    def describe(self) -> str:
+        check = f", the directory setup made ({self.expected_id})" if self.expected_id else ""
+        return f"open {self.path} without following symlinks{check}; skip it if missing"
+
+
+class KillHolder(NamedTuple):
+    job_dir: str
+    pid: int = 0  # from the index: believed only with its start time
+    start: str = ""
+
+    def describe(self) -> str:
+        return f"kill the verified holder of {self.job_dir}/.ns/pid, if any, and wait for it"
+
+
+class KillJobProcesses(NamedTuple):
+    job_dir: str
+
+    def describe(self) -> str:
+        return (
+            f"without a PID namespace: kill every process whose mount namespace is "
+            f"{self.job_dir}/.ns/mnt, and wait until none is left"
+        )
+
+
+class UnmountNsFiles(NamedTuple):
+    job_dir: str
+
+    def describe(self) -> str:
+        return f"unmount {self.job_dir}/.ns/{{pid,user,mnt}} (lazily)"
+
+
+class RemoveJobDir(NamedTuple):
+    job_dir: str
+
+    def describe(self) -> str:
+        return (
+            f"delete everything under {self.job_dir} (no symlinks followed, no mounts "
+            "crossed), then unmount and remove it"
+        )
+
+
+class RemoveDirRoot(NamedTuple):
+    path: str  # D/J
+    expected_id: str
+
+    def describe(self) -> str:
+        return f"delete {self.path} (no symlinks followed, no mounts crossed)"
+
+
+class RemoveIndex(NamedTuple):
+    path: str
+
+    def describe(self) -> str:
+        return f"remove runtime index {self.path} and its temporary files, if nothing was left"
+
+
+TeardownOp = Union[
+    RunScript,
+    OpenJobDir,
+    KillHolder,
+    KillJobProcesses,
+    UnmountNsFiles,
+    RemoveJobDir,
+    RemoveDirRoot,
+    RemoveIndex,
+]
 
 
 class TeardownPlan(NamedTuple):
@@ -310,29 +386,22 @@ class TeardownPlan(NamedTuple):
     (so a job set up under an older config is still found)."""
 
     job_id: str
-    job_dirs: tuple[str, ...]
-    dir_job_roots: tuple[str, ...]
-    index_file: str
-    epilog: Optional[RunScript] = None
+    ops: tuple[TeardownOp, ...]
+
+    @property
+    def job_dirs(self) -> tuple[str, ...]:
+        return tuple(op.path for op in self.ops if isinstance(op, OpenJobDir))
+
+    @property
+    def dir_job_roots(self) -> tuple[str, ...]:
+        return tuple(op.path for op in self.ops if isinstance(op, RemoveDirRoot))
+
+    @property
+    def epilog(self) -> Optional[RunScript]:
+        return next((op for op in self.ops if isinstance(op, RunScript)), None)
 
     def describe(self) -> str:
-        lines = []
-        if self.epilog:
-            lines.append(self.epilog.describe())
-        for job_dir in self.job_dirs:
-            lines += [
-                f"kill the verified holder of {job_dir}/.ns/pid, if any",
-                f"unmount {job_dir}/.ns/{{pid,user,mnt}} (lazily)",
-                f"delete everything under {job_dir} (no symlinks followed, no mounts crossed)",
-                f"unmount and remove {job_dir}",
-            ]
-        lines += [f"delete {root}" for root in self.dir_job_roots]
-        lines.append(f"remove runtime index {self.index_file}")
-        return "\n".join(f"{n:2d}. {line}" for n, line in enumerate(lines, 1))
-
-
-def _normal_abs(path: str) -> bool:
-    return path.startswith("/") and path != "/" and os.path.normpath(path) == path
+        return "\n".join(f"{n:2d}. {op.describe()}" for n, op in enumerate(self.ops, 1))
 
 
 def plan_teardown(
@@ -340,42 +409,41 @@ def plan_teardown(
     job_id: str,
     index_file: str,
     env: Mapping[str, str],
-    entry: Optional[Mapping[str, str]] = None,
+    entry: Optional[IndexEntry] = None,
 ) -> TeardownPlan:
-    job_dirs: list[str] = []
-    roots: list[str] = []
-    # Teardown deletes whatever these name, so an entry is believed only where it has the shape
-    # nsctl writes: normalised absolute paths, the job dir ending in the job id.
-    entry_dir = entry.get("job_dir", "") if entry else ""
-    if _normal_abs(entry_dir) and os.path.basename(entry_dir) == job_id:
-        job_dirs.append(entry_dir)
-        roots += [
-            JobPaths(b, job_id).job_dir
-            for b in entry.get("dir_bases", "").split(",")
-            if _normal_abs(b)
-        ]
+    job_dirs: dict[str, str] = {}  # B/J -> expected id
+    roots: dict[str, str] = {}
+    if entry is not None:
+        job_dirs[entry.job_dir] = entry.job_dir_id
+        roots.update(zip(entry.dir_roots, entry.dir_root_ids))
     epilog = None
     if config is not None and config.enabled and config.base_path:
         paths = JobPaths(config.base_path, job_id)
-        job_dirs.append(paths.job_dir)
-        roots += [
-            paths.dir_job_root(d.base_path)
-            for d in config.dir_confs
-            if d.base_path and d.base_path != config.base_path
-        ]
+        job_dirs.setdefault(paths.job_dir, "")
+        for d in config.dir_confs:
+            if d.base_path and d.base_path != config.base_path:
+                roots.setdefault(paths.dir_job_root(d.base_path), "")
         if config.clone_ns_epilog:
             # The job's own .ns directory, even if base_path changed since it was set up.
-            ns_dir = (
-                entry["ns_dir"]
-                if entry and entry.get("ns_dir", "").startswith("/")
-                else paths.ns_dir
-            )
+            ns_dir = entry.ns_dir if entry is not None else paths.ns_dir
             epilog = RunScript(
                 "clone_ns_epilog",
                 config.clone_ns_epilog,
                 tuple(epilog_env(job_id, ns_dir, env, config.node).items()),
                 config.clone_ns_epilog_wait,
             )
-    return TeardownPlan(
-        job_id, tuple(dict.fromkeys(job_dirs)), tuple(dict.fromkeys(roots)), index_file, epilog
-    )
+    ops: list[TeardownOp] = [epilog] if epilog else []
+    for job_dir, expected in job_dirs.items():
+        holder = (
+            (entry.holder_pid, entry.holder_start) if entry and entry.job_dir == job_dir else ()
+        )
+        ops += [
+            OpenJobDir(job_dir, expected),
+            KillHolder(job_dir, *holder),
+            KillJobProcesses(job_dir),
+            UnmountNsFiles(job_dir),
+            RemoveJobDir(job_dir),
+        ]
+    ops += [RemoveDirRoot(root, expected) for root, expected in roots.items()]
+    ops.append(RemoveIndex(index_file))
+    return TeardownPlan(job_id, tuple(ops))

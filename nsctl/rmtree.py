@@ -467,14 +467,15 @@ def remove_tree(path: str) -> Result:
     return result
 
 
-def remove_contents(target: Union[int, str]) -> Result:
+def remove_contents(target: Union[int, str], label: Optional[str] = None) -> Result:
     """Empty a directory, given as a path or as an open directory fd (left open), on its mount.
 
     A path must name a directory itself, not a symlink to one; a missing path is success.
+    ``label`` names an fd's directory in ``Result.failures`` (the path it was opened as).
     """
     result = Result()
     if isinstance(target, int):
-        fd, label, owned = target, f"<fd {target}>", False
+        fd, label, owned = target, label or f"<fd {target}>", False
     else:
         label, owned = target, True
         try:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a timed-out script's process group
+LOG_LIMIT = 64 * 1024  # bytes of a script's output that reach the log; the rest is counted
 
 
 class ScriptResult(NamedTuple):
@@ -81,7 +82,10 @@ def run_script(
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        size = output.seek(0, os.SEEK_END)
         output.seek(0)
-        for line in output.read().decode(errors="replace").splitlines():
+        for line in output.read(LOG_LIMIT).decode(errors="replace").splitlines():
             log.info("%s: %s", name, line)
+        if size > LOG_LIMIT:
+            log.warning("%s: %d more bytes of output not logged", name, size - LOG_LIMIT)
     return result

@@ -12,6 +12,7 @@ import os
 import pathlib
 import pwd
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -150,3 +151,16 @@ def lab(no_leaks, monkeypatch):
 @pytest.fixture(scope="session")
 def job_user():
     return pwd.getpwnam(JOB_USER)
+
+
+@pytest.fixture(scope="session")
+def second_user():
+    """A second job user (made here when the machine has none: tests run as root)."""
+    try:
+        return pwd.getpwnam(SECOND_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", SECOND_USER],
+            check=True,
+        )
+        return pwd.getpwnam(SECOND_USER)

@@ -131,3 +131,48 @@ def test_the_index_stays_readable_by_job_users_under_a_strict_umask(lab):
     finally:
         assert hook("nsctl-epilog", env=env).returncode == 0
     assert lab.index_entries() == [] and lab.job_files() == []
+
+
+BROKEN_CONFIGS = {
+    # Shapes an admin writes by mistake, some of which once crashed the validator itself.
+    "dirs-as-a-list": "defaults:\n  base_path: @BASE@\n  dirs: [/tmp, /dev/shm]\n",
+    "dir_confs-true": "defaults:\n  base_path: @BASE@\n  dir_confs: true\n",
+    "dirs-a-number": "defaults:\n  base_path: @BASE@\n  dirs: 5\n",
+    "not-yaml": "defaults: [\n",
+    "binary": "\x00\x01\x02",
+}
+
+
+def test_the_epilog_tears_down_from_the_index_whatever_the_config_says(lab):
+    for number, (name, text) in enumerate(BROKEN_CONFIGS.items()):
+        job_id = str(70 + number)
+        lab.write_config(CONFIG)
+        env = slurm_env(lab, job_id)
+        assert hook("nsctl-prolog", env=env).returncode == 0
+        lab.write_config(text)
+        result = hook("nsctl-epilog", env=env)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert "Traceback" not in result.stderr, name
+        assert "tearing down from the runtime index only" in result.stderr, name
+        assert lab.index_entries() == [] and lab.job_files() == [], name
+
+
+def test_the_epilog_survives_an_internal_error_reading_the_config(lab, monkeypatch, capsys):
+    # A bug of nsctl's own (here a validator that raises) must not drain the node either.
+    from nsctl import hooks, validate
+
+    lab.write_config(CONFIG)
+    env = slurm_env(lab, "79")
+    assert hook("nsctl-prolog", env=env).returncode == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(validate, "check_text", broken)
+    monkeypatch.setenv("NSCTL_CONFIG", lab.config)
+    lab.write_config(CONFIG + "# edited, so the cache cannot answer\n")
+    assert hooks.run_teardown(job_id="79") == 0
+    logged = capsys.readouterr().err
+    assert "reading the config failed; tearing down from the runtime index only" in logged
+    assert "RuntimeError: a bug" in logged
+    assert lab.index_entries() == [] and lab.job_files() == []

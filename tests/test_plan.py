@@ -9,6 +9,7 @@ import pytest
 from nsctl import config, plan, validate
 from nsctl.errors import InputError
 from nsctl.jobs import Job
+from nsctl.layout import IndexEntry
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "namespace.yaml"
 ALICE = Job("42", 1000, 1000, "alice")
@@ -58,7 +59,7 @@ def test_setup_plan_for_n3_of_the_reference_example():
     clone = ops[-2]
     assert clone.name == "clone_ns_script" and clone.timeout == 20
     assert dict(clone.env)["SLURM_NS"] == "/var/nvme/storage_1/42/.ns/mnt"
-    assert dict(ops[-1].entry)["namespaces"] == "pid,user,mnt"
+    assert ops[-1].entry.namespaces == ("pid", "user", "mnt")
 
 
 def test_dir_paths_are_expanded_per_job():
@@ -84,16 +85,23 @@ def test_dir_paths_are_expanded_per_job():
 
 
 def test_teardown_plan_covers_config_and_index_locations():
-    entry = {"job_dir": "/old/base/42", "dir_bases": "/old/scratch"}
+    entry = IndexEntry(
+        "42", 1000, 1000, "alice", "/old/base/42", ("mnt",), (), ("/old/scratch",), "1:2", ("1:3",)
+    )
     tp = plan.plan_teardown(resolved("n3"), "42", "/run/nsctl/jobs/42", ENV, entry)
     assert tp.job_dirs == ("/old/base/42", "/var/nvme/storage_1/42")
     assert tp.dir_job_roots == ("/old/scratch/42",)  # /scratch's base is B itself: inside B/J
+    # Only the directories setup made (the ids the index recorded) are acted on.
+    opens = [op for op in tp.ops if isinstance(op, plan.OpenJobDir)]
+    assert [op.expected_id for op in opens] == ["1:2", ""]
+    roots = [op for op in tp.ops if isinstance(op, plan.RemoveDirRoot)]
+    assert [op.expected_id for op in roots] == ["1:3"]
     assert tp.epilog.path == "/path/to/epilog_script"
     assert dict(tp.epilog.env) == {
         "SLURM_JOB_ID": "42",
         "SLURM_CONF": "/etc/slurm/slurm.conf",
         "SLURMD_NODENAME": "n3",
-        "SLURM_NS": "/var/nvme/storage_1/42/.ns",
+        "SLURM_NS": "/old/base/42/.ns",  # the job's own .ns, where setup made it
     }
     assert plan.plan_teardown(None, "42", "/i", ENV).job_dirs == ()
 
