@@ -20,6 +20,18 @@ def test_the_readme_starts_with_two_commands_install_and_demo_then_tests():
     assert "pytest" in tests
 
 
-def test_ci_runs_the_readmes_test_command_verbatim():
+def test_ci_runs_the_readmes_commands_verbatim_in_a_fresh_clone_under_tmp():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    assert readme_commands()[1] in ci
+    install, tests = readme_commands()
+    clone = ci.index('git clone -q "$repo" "$work/nsctl"')
+    assert ci.index(install) > clone and ci.index(tests) > ci.index(install)
+    assert 'work=$(mktemp -d /tmp/nsctl-ci.XXXXXX)' in ci
+    assert 'export PIP_CONSTRAINT="$work/nsctl/constraints.txt"' in ci
+
+
+def test_the_test_dependencies_are_pinned_to_exact_versions():
+    lines = (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    pins = [line.split(";")[0].strip() for line in lines if line and not line.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", p) for p in pins)
+    assert {"pytest", "hypothesis", "ruff", "setuptools"} <= {p.split("==")[0] for p in pins}
+    assert "-c constraints.txt" in readme_commands()[1]
