@@ -25,7 +25,7 @@ def test_ci_runs_the_readmes_commands_verbatim_in_a_fresh_clone_under_tmp():
     install, tests = readme_commands()
     clone = ci.index('git clone -q "$repo" "$work/nsctl"')
     assert ci.index(install) > clone and ci.index(tests) > ci.index(install)
-    assert 'work=$(mktemp -d /tmp/nsctl-ci.XXXXXX)' in ci
+    assert "work=$(mktemp -d /tmp/nsctl-ci.XXXXXX)" in ci
     assert 'export PIP_CONSTRAINT="$work/nsctl/constraints.txt"' in ci
 
 

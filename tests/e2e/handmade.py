@@ -96,7 +96,7 @@ class HandmadeNamespace:
             "ns_dir": str(self.ns_dir),
             "namespaces": ",".join(self.kinds),
             "holder_pid": str(self.holder_pid() or 0),
-            "holder_start": "0",
+            "holder_start": self.holder_start(),
             "dirs": "/tmp",
         }
         entry.update(overrides)
@@ -122,6 +122,13 @@ class HandmadeNamespace:
         except OSError:
             return None
         return int(pids[0]) if len(pids) == 1 else None
+
+    def holder_start(self) -> str:
+        """Field 22 of the holder's /proc/PID/stat, as nsctl records it (0 without a holder)."""
+        pid = self.holder_pid()
+        if not pid:
+            return "0"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
 
     def destroy_holder(self) -> None:
         """Kill PID 1: the namespace files stay, but nothing can enter the PID namespace."""

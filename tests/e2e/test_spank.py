@@ -82,7 +82,7 @@ def test_pid_namespace_without_its_init_fails_clearly(spank: Lab, made: Handmade
     made.destroy_holder()
     mark = spank.log_mark()
     res = spank.step(made.job_id, "echo", "the task ran")
-    expected = "fork into the job's PID namespace failed"
+    expected = "the job's PID namespace is gone (its holder, pid"
     assert "the task ran" not in res.stdout and expected in res.stderr, res
     assert expected in spank.logs_since(mark)
 
@@ -90,12 +90,22 @@ def test_pid_namespace_without_its_init_fails_clearly(spank: Lab, made: Handmade
 BROKEN = {
     "relative ns_dir": (dict(ns_dir="relative/.ns"), "expected an absolute path"),
     "dotdot ns_dir": (dict(ns_dir="/var/lib/../lib/x"), "expected an absolute path"),
-    "unknown namespace": (dict(namespaces="mnt,net"), "unknown or repeated namespace 'net'"),
-    "repeated namespace": (dict(namespaces="mnt,mnt"), "unknown or repeated namespace 'mnt'"),
+    "unknown namespace": (
+        dict(namespaces="mnt,net"),
+        "unknown, repeated or misplaced namespace 'net'",
+    ),
+    "repeated namespace": (
+        dict(namespaces="mnt,mnt"),
+        "unknown, repeated or misplaced namespace 'mnt'",
+    ),
+    "misplaced namespace": (
+        dict(namespaces="mnt,pid"),
+        "unknown, repeated or misplaced namespace 'pid'",
+    ),
     "no namespaces": (dict(namespaces=""), "bad 'namespaces' value"),
     "other job": (dict(job_id="999999"), "is for job '999999'"),
     "other uid": (dict(uid="0"), "index entry is for uid '0'"),
-    "future version": (dict(version="2"), "this plugin reads version 1"),
+    "future version": (dict(version="2"), "has version '2', this reader reads version 1"),
     "missing ns file": (dict(ns_dir="/nonexistent/.ns"), "cannot open namespace file"),
 }
 
@@ -113,7 +123,7 @@ def test_a_file_that_is_not_a_namespace_fails_the_task(spank: Lab, made: Handmad
     fake.mkdir()
     (fake / "mnt").touch()
     made.write_index(ns_dir=str(fake))
-    assert_task_refused(spank, made, f"cannot join mnt namespace {fake}/mnt: Invalid argument")
+    assert_task_refused(spank, made, f"{fake}/mnt holds no namespace")
 
 
 def test_a_symlinked_namespace_file_is_not_followed(spank: Lab, made: HandmadeNamespace) -> None:
@@ -147,7 +157,7 @@ def test_a_malformed_index_entry_fails_the_task(
 
 def test_an_index_entry_others_could_write_is_refused(spank: Lab, made: HandmadeNamespace) -> None:
     made.write_index(mode=0o666)
-    assert_task_refused(spank, made, "is not a root-owned regular file")
+    assert_task_refused(spank, made, "is not a regular file owned and writable only by root")
 
 
 def assert_task_refused(lab: Lab, made: HandmadeNamespace, message: str) -> None:
