@@ -9,6 +9,7 @@ a PID namespace only places future children there) and pass the child's status t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pwd
 import signal
@@ -95,6 +96,20 @@ def _wait_passing_signals(child: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def _fork(job_id: str, entry: dict[str, str]) -> int:
+    try:
+        return os.fork()
+    except OSError as exc:
+        # A PID namespace whose init has exited takes no new process: fork fails with ENOMEM.
+        if exc.errno == errno.ENOMEM and "pid" in entry.get("namespaces", "").split(","):
+            raise NsctlError(
+                f"job {job_id}: its PID namespace is gone (its holder, PID "
+                f"{entry.get('holder_pid', '?')}, died); nothing can join the job any more, "
+                "only teardown can clean it up"
+            ) from None
+        raise NsctlError(f"cannot start the command in job {job_id}: {exc.strerror}") from None
+
+
 def join(job_id: str, argv: Sequence[str], as_user: bool = False) -> int:
     """Run argv inside the job's namespaces; returns its exit status (128+N for signal N)."""
     if os.geteuid() != 0:
@@ -124,7 +139,7 @@ def join(job_id: str, argv: Sequence[str], as_user: bool = False) -> int:
                 os.close(fd)
     # Always fork: required after joining a PID namespace, and it gives one status convention
     # (a signal death is 128+N, like a shell) whether or not the job has one.
-    child = os.fork()
+    child = _fork(job_id, entry)
     if child == 0:
         _exec(argv, cwd, drop)
     return _wait_passing_signals(child)
