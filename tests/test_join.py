@@ -27,6 +27,8 @@ from typing import Optional
 import pytest
 from sandbox import holder_pid, proc_stat, proc_state
 
+from nsctl import relay
+
 JOB_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
 CONFIGS = {
@@ -505,6 +507,12 @@ def test_without_any_terminal_the_command_has_no_controlling_terminal(lab, job):
     assert seen["tty_nr"] == 0 and seen["dev_tty"] == errno.ENXIO
     assert seen["session"] == seen["pid"]
     assert "read 'hello\\n'" in result.stdout
+
+
+def test_the_man_page_names_the_signals_join_passes_on():
+    page = pathlib.Path(__file__).resolve().parent.parent / "man" / "nsctl.8"
+    names = ", ".join(sig.name[3:] for sig in relay.FORWARDED)
+    assert f"receives ({names}) are passed on to the command's process group" in page.read_text()
 
 
 # ---------------------------------------------------------------------------------------------
