@@ -95,10 +95,6 @@ def as_nobody(code: str, *args: str) -> str:
     return shlex.join([*drop, JOB_PYTHON, "-c", code, *args])
 
 
-def tty_nr(pid: int) -> int:
-    return int(proc_stat(pid)[4])
-
-
 def _take_controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
@@ -146,8 +142,9 @@ class Terminal:
         deadline = time.monotonic() + timeout
         while text.encode() not in self.output:
             left = deadline - time.monotonic()
-            if left <= 0 or (not self._read(left) and time.monotonic() >= deadline):
+            if left <= 0:
                 raise AssertionError(f"never shown: {text!r}; the terminal shows {self.output!r}")
+            self._read(left)
         return self.output.decode(errors="replace")
 
     def type(self, keys: bytes) -> None:
@@ -223,7 +220,8 @@ def job_processes(lab, job_id: str) -> list[int]:
             st = os.stat(f"/proc/{name}/ns/pid")
         except (OSError, ValueError):
             continue
-        if (st.st_dev, st.st_ino) == (ns.st_dev, ns.st_ino) and proc_state(int(name)) != "Z":
+        same = (st.st_dev, st.st_ino) == (ns.st_dev, ns.st_ino)
+        if same and proc_state(int(name)) not in (None, "Z"):
             found.append(int(name))
     return found
 
@@ -320,7 +318,8 @@ def test_a_background_reader_left_by_the_job_cannot_read_what_root_types_next(la
             assert terminal.pending_input() == b"secret\n"
             assert job_processes(lab, "2612") == [holder_pid(lab.run, "2612")]
         else:
-            reader_pid = next(p for p in _children_of_test() if _cmdline_has(p, stolen))
+            # Orphaned to this process (a subreaper) when its parent exited.
+            reader_pid = next(p for p in children_of(os.getpid()) if _cmdline_has(p, stolen))
             terminal.type(b"secret\n")
             wait_for(stolen, b"secret")
     finally:
@@ -345,16 +344,14 @@ def _cmdline_has(pid: int, word: str) -> bool:
         return False
 
 
-def _children_of_test() -> list[int]:
-    """Orphans re-parented to this process (a subreaper), e.g. the control's reader."""
-    return [
-        int(name)
-        for name in os.listdir("/proc")
-        if name.isdigit()
-        and proc_stat(int(name))
-        and int(proc_stat(int(name))[1]) == os.getpid()
-        and proc_state(int(name)) != "Z"
-    ]
+def children_of(parent: int) -> list[int]:
+    """Live children of ``parent`` (processes come and go while /proc is read)."""
+    found = []
+    for name in os.listdir("/proc"):
+        fields = proc_stat(int(name)) if name.isdigit() else None
+        if fields and int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(name))
+    return found
 
 
 @pytest.mark.parametrize("as_user", [True, False], ids=["as-user", "root"])
@@ -362,10 +359,11 @@ def test_the_command_gets_its_own_session_pty_and_nothing_else_of_the_callers(
     lab, job, terminal, as_user
 ):
     # fd 5: one more descriptor of root's terminal, as a shell may leave open.
-    shell = terminal.run(join_command(job, REPORT, as_user=as_user) + " 5<>/dev/tty")
-    roots_tty = tty_nr(shell.pid)
-    assert roots_tty == os.fstat(terminal.slave).st_rdev
+    shows_its_tty = "echo \"root's tty_nr $(cut -d' ' -f7 /proc/$$/stat)\"; "
+    terminal.run(shows_its_tty + join_command(job, REPORT, as_user=as_user) + " 5<>/dev/tty")
     assert terminal.wait() == 0, terminal.output
+    roots_tty = int(terminal.expect("root's tty_nr").split("root's tty_nr ")[1].split()[0])
+    assert roots_tty == os.fstat(terminal.slave).st_rdev
     seen = terminal.report()
     assert seen["session"] == seen["pid"]  # a session of its own, not root's
     assert seen["tty_nr"] != 0 and seen["dev_tty"] == "opened"  # a terminal, but...
@@ -448,15 +446,11 @@ def test_a_signal_to_join_goes_to_the_command_and_the_terminal_is_restored(lab, 
     shell = terminal.run(join_command(job, code))
     terminal.expect("waiting")
     assert terminal.attrs() != before  # raw while the command runs
-    (joiner,) = [p for p in _all_pids() if int(proc_stat(p)[1]) == shell.pid]
+    (joiner,) = children_of(shell.pid)
     os.kill(joiner, signal.SIGTERM)
     assert terminal.wait() == 128 + signal.SIGTERM
     assert terminal.attrs() == before
     assert "Traceback" not in terminal.output.decode(errors="replace")
-
-
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit() and proc_stat(int(name))]
 
 
 @pytest.mark.parametrize(
