@@ -315,8 +315,10 @@ def teardown(config_file, node, job_id, dry_run, verbose):
 def join(job_id, as_user, command):
     """Run a command inside a job's namespaces (root only).
 
-    CMD defaults to the caller's login shell, else /bin/sh. The exit status is CMD's; a command
-    killed by signal N exits 128+N.
+    CMD defaults to the caller's login shell, else /bin/sh. It never gets the caller's terminal:
+    it runs in a new session, on a new pseudo-terminal that join relays when the caller has a
+    terminal, with no controlling terminal otherwise. The exit status is CMD's; a command killed
+    by signal N exits 128+N.
     """
     import pwd
 

@@ -4,36 +4,44 @@ The order is the kernel's, as util-linux nsenter does it: open every namespace f
 joining the user or mount namespace the paths or the rights to open the rest may be gone), then
 setns pid -> user -> mnt with the explicit type, in a single-threaded process, then fork (setns on
 a PID namespace only places future children there) and pass the child's status through.
+
+The command never shares the caller's terminal or session (``relay``): what runs in a job is the
+job's, and with ``--as-user`` it is the job user's own code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pwd
-import signal
 import threading
 from collections.abc import Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import libc
 from .errors import InputError, NsctlError
-from .layout import NS_JOIN_ORDER, read_index
+from .layout import NS_JOIN_ORDER, IndexEntry, read_index
+from .relay import Relay
 
-_FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCONT,
-    signal.SIGWINCH,
-)
+
+class _User(NamedTuple):
+    passwd: pwd.struct_passwd
+    gid: int
+    groups: list[int]
 
 
 def _single_threaded() -> bool:
     return threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
+
+
+def _open_stdio() -> None:
+    """/dev/null for a closed stdin, stdout or stderr, so no descriptor join opens becomes one."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 def open_namespaces(job_id: str) -> list[tuple[str, int]]:
@@ -55,16 +63,23 @@ def open_namespaces(job_id: str) -> list[tuple[str, int]]:
     return opened
 
 
-def _drop_to(user: pwd.struct_passwd, gid: int) -> None:
-    os.setgroups(os.getgrouplist(user.pw_name, gid))
-    os.setgid(gid)
-    os.setuid(user.pw_uid)
-    os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+def _job_user(job_id: str, entry: IndexEntry) -> _User:
+    """The job's user, looked up on the host (before join enters the job's namespaces)."""
+    try:
+        user = pwd.getpwuid(entry.uid)
+    except KeyError:
+        raise InputError(f"job {job_id}: the job's user no longer exists") from None
+    return _User(user, entry.gid, os.getgrouplist(user.pw_name, entry.gid))
 
 
-def _exec(argv: Sequence[str], cwd: str, drop: Optional[tuple[pwd.struct_passwd, int]]) -> None:
-    if drop:
-        _drop_to(*drop)
+def _exec(argv: Sequence[str], cwd: str, user: Optional[_User]) -> None:
+    if user:
+        os.setgroups(user.groups)
+        os.setgid(user.gid)
+        os.setuid(user.passwd.pw_uid)
+        os.environ.update(
+            HOME=user.passwd.pw_dir, USER=user.passwd.pw_name, LOGNAME=user.passwd.pw_name
+        )
     try:
         os.chdir(cwd)
     except OSError:
@@ -73,53 +88,60 @@ def _exec(argv: Sequence[str], cwd: str, drop: Optional[tuple[pwd.struct_passwd,
         os.execvp(argv[0], list(argv))
     except OSError as exc:
         os.write(2, f"nsctl: cannot run {argv[0]}: {exc.strerror}\n".encode())
-        os._exit(127 if exc.errno == 2 else 126)
+        os._exit(127 if exc.errno == errno.ENOENT else 126)
 
 
-def _wait_passing_signals(child: int) -> int:
-    for sig in _FORWARDED:
-        signal.signal(sig, lambda signum, _f: os.kill(child, signum))
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+def _fork(job_id: str, entry: IndexEntry) -> int:
+    try:
+        return os.fork()
+    except OSError as exc:
+        # A PID namespace whose init has exited takes no new process: fork fails with ENOMEM.
+        if exc.errno == errno.ENOMEM and "pid" in entry.namespaces:
+            raise NsctlError(
+                f"job {job_id}: its PID namespace is gone (its holder, PID "
+                f"{entry.holder_pid}, died); nothing can join the job any more, "
+                "only teardown can clean it up"
+            ) from None
+        raise NsctlError(f"cannot start the command in job {job_id}: {exc.strerror}") from None
 
 
 def join(job_id: str, argv: Sequence[str], as_user: bool = False) -> int:
     """Run argv inside the job's namespaces; returns its exit status (128+N for signal N)."""
     if os.geteuid() != 0:
         raise NsctlError("join needs root (setns requires CAP_SYS_ADMIN)")
-    drop = None
+    _open_stdio()
     entry = read_index(job_id)
-    if as_user and entry:
-        try:
-            drop = (pwd.getpwuid(entry.uid), entry.gid)
-        except KeyError:
-            raise InputError(f"job {job_id}: the job's user no longer exists") from None
+    if entry is None:
+        raise InputError(f"job {job_id} has no nsctl namespaces on this node")
+    user = _job_user(job_id, entry) if as_user else None
     if not _single_threaded():
         raise NsctlError("join must run single-threaded (setns into a user or mount namespace)")
     cwd = os.getcwd()
-    opened = open_namespaces(job_id)
-    try:
-        for kind, fd in opened:
+    # The command's pty, if it gets one, comes from the caller's /dev/ptmx: before setns.
+    with Relay(owner=user.passwd.pw_uid if user else None) as relay:
+        opened = open_namespaces(job_id)
+        try:
+            for kind, fd in opened:
+                try:
+                    libc.setns(fd, libc.NAMESPACES[kind])
+                except OSError as exc:
+                    raise NsctlError(
+                        f"cannot join the {kind} namespace of job {job_id}: {exc.strerror}"
+                    ) from None
+        finally:
+            for _, fd in opened:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        # Always fork: required after joining a PID namespace, and it gives one status convention
+        # (a signal death is 128+N, like a shell) whether or not the job has one.
+        child = _fork(job_id, entry)
+        if child == 0:
             try:
-                libc.setns(fd, libc.NAMESPACES[kind])
-            except OSError as exc:
-                raise NsctlError(
-                    f"cannot join the {kind} namespace of job {job_id}: {exc.strerror}"
-                ) from None
-    finally:
-        for _, fd in opened:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    # Always fork: required after joining a PID namespace, and it gives one status convention
-    # (a signal death is 128+N, like a shell) whether or not the job has one.
-    child = os.fork()
-    if child == 0:
-        _exec(argv, cwd, drop)
-    return _wait_passing_signals(child)
+                relay.child_side()
+                _exec(argv, cwd, user)
+            except BaseException as exc:
+                with contextlib.suppress(BaseException):
+                    os.write(2, f"nsctl: cannot start {argv[0]}: {exc}\n".encode())
+            finally:
+                os._exit(126)
+        return relay.run(child)
