@@ -116,7 +116,8 @@ def test_validate_json_for_an_invalid_file(tmp_path):
                 "column": 3,
                 "path": "defaults.shared",
                 "severity": "error",
-                "message": "expected a boolean (true or false), got the string 'maybe'",
+                "message": "expected a boolean (true or false), got the string 'maybe'; Slurm "
+                "would read it as true",
             },
             {
                 "file": path,
@@ -501,7 +502,7 @@ def test_show_config_refuses_an_invalid_file(tmp_path):
     assert result.stderr == (
         f"nsctl: error: {path} is not valid:\n"
         f"{path}:3:3: defaults.shared: expected a boolean (true or false), got the string "
-        "'maybe'\n"
+        "'maybe'; Slurm would read it as true\n"
     )
 
 
@@ -549,8 +550,7 @@ PROBE = """
 import json, sys
 from nsctl import loader
 resolved = loader.load_node_config(sys.argv[1], "n3", "n3")
-print(json.dumps([resolved.base_path, "nsctl.validate" in sys.modules,
-                  "jsonschema" in sys.modules]))
+print(json.dumps([resolved.base_path, "nsctl.validate" in sys.modules, "yaml" in sys.modules]))
 """
 
 

@@ -103,16 +103,17 @@ def test_keys_are_case_sensitive():
 @pytest.mark.parametrize(
     ("value", "got"),
     [
-        ('"maybe"', "the string 'maybe'"),
-        ('"yes"', "the string 'yes'"),
-        ('"true"', "the string 'true'"),
-        ("1", "the number 1"),
-        ("null", "nothing (null)"),
+        ('"maybe"', "the string 'maybe'; Slurm would read it as true"),
+        ('"yes"', "the string 'yes'; Slurm would read it as true (drop the quotes)"),
+        ('"true"', "the string 'true'; Slurm would read it as true (drop the quotes)"),
+        ("1", "the number 1; Slurm would read it as true"),
+        ("null", "nothing (null); Slurm would read it as false"),
         ("[true]", "a list"),
     ],
 )
 def test_e8_only_yaml_booleans_are_booleans(value, got):
-    """E8: Slurm turns any non-empty string (even "maybe") into true; nsctl refuses."""
+    """E8: Slurm turns any non-empty string (even "maybe") into true; nsctl refuses, and says
+    what Slurm would read."""
     assert one(f"defaults:\n  shared: {value}\n") == (
         f"ns.yaml:2:3: defaults.shared: expected a boolean (true or false), got {got}"
     )
@@ -129,11 +130,19 @@ def test_e8_unquoted_yaml_1_1_boolean_words_are_booleans(value):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("-5", "must be 0 or more, got -5"),
-        ("2.5", "expected a whole number, got the number 2.5"),
-        ('"20"', "expected a whole number, got the string '20'"),
-        ("true", "expected a whole number, got the boolean true"),
-        ("4294968", "must be at most 4294967, got 4294968"),
+        ("-5", "must be 0 or more, got -5; Slurm would wait without any time limit"),
+        ("2.5", "expected a whole number, got the number 2.5; Slurm refuses it too"),
+        (
+            '"20"',
+            "expected a whole number, got the string '20'; Slurm would read it as 20 (drop the "
+            "quotes)",
+        ),
+        ("true", "expected a whole number, got the boolean true; Slurm refuses it too"),
+        (
+            "4294968",
+            "must be at most 2147483, got 4294968; Slurm would wait 0.704 s (it counts "
+            "milliseconds in 32 bits)",
+        ),
     ],
 )
 def test_e8_waits_are_non_negative_integers(value, message):
@@ -143,7 +152,8 @@ def test_e8_waits_are_non_negative_integers(value, message):
 
 
 def test_wait_limits_accept_zero_and_the_maximum():
-    assert check("defaults: {clone_ns_script_wait: 0, clone_ns_epilog_wait: 4294967}").valid
+    """2,147,483 s is the largest wait whose milliseconds fit Slurm's signed int."""
+    assert check("defaults: {clone_ns_script_wait: 0, clone_ns_epilog_wait: 2147483}").valid
 
 
 def test_wrong_shapes():
@@ -158,10 +168,11 @@ def test_wrong_shapes():
           n1: {}
         """
     ) == [
-        "ns.yaml:2:3: defaults.base_path: expected a string, got the number 123",
-        "ns.yaml:3:3: defaults.dirs: expected a string, got a list",
+        # Slurm reads 123 and true as text: a relative base_path and a relative script.
+        "ns.yaml:2:3: defaults.base_path: base_path must be an absolute path, got '123'",
+        "ns.yaml:3:3: defaults.dirs: dirs is a comma-separated string; did you mean dir_confs?",
         "ns.yaml:4:3: defaults.dir_confs: expected a list, got the string '/tmp'",
-        "ns.yaml:5:3: defaults.init_script: expected a string, got the boolean true",
+        "ns.yaml:5:3: defaults.init_script: init_script must be an absolute path, got 'true'",
         "ns.yaml:6:1: node_confs: expected a list, got a mapping",
     ]
 
@@ -198,26 +209,29 @@ def test_required_keys_and_empty_values():
         "ns.yaml:3:5: node_confs[1]: missing required key 'nodes'",
         "ns.yaml:4:5: node_confs[2].nodes: must not be empty",
         "ns.yaml:6:5: node_confs[3].nodes: must not be empty",
-        "ns.yaml:8:7: node_confs[3].options.base_path: must not be empty",
+        "ns.yaml:8:7: node_confs[3].options.base_path: warning: an empty base_path has no "
+        "effect (Slurm only overrides with a non-empty value); leave it out",
         "ns.yaml:10:11: node_confs[3].options.dir_confs[0]: missing required key 'path'",
         "ns.yaml:11:11: node_confs[3].options.dir_confs[1]: expected a mapping, got the string "
         "'/tmp'",
     ]
 
 
-def test_a_non_string_inside_a_list_is_reported_at_the_item():
-    """The schema's oneOf (list or string) must not hide which list item is wrong."""
+def test_a_bad_item_inside_a_list_is_reported_at_the_item():
+    """A list-or-string key must not hide which list item is wrong. 3 and 5 are text to Slurm:
+    3 is no flag name, while 5 is a node name."""
     assert lines(
         """
         defaults:
           clone_ns_flags: [CLONE_NEWPID, 3]
         node_confs:
-          - nodes: [n1, 5]
+          - nodes: [n1, 5, [n2]]
             options: {}
         """
     ) == [
-        "ns.yaml:2:34: defaults.clone_ns_flags[1]: expected a string, got the number 3",
-        "ns.yaml:4:17: node_confs[0].nodes[1]: expected a string, got the number 5",
+        "ns.yaml:2:34: defaults.clone_ns_flags[1]: unknown namespace flag '3'; nsctl knows "
+        "CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER",
+        "ns.yaml:4:20: node_confs[0].nodes[2]: expected a string, got a list",
     ]
 
 
@@ -227,14 +241,14 @@ def test_oneof_with_neither_shape():
         defaults:
           clone_ns_flags: {a: 1}
         node_confs:
-          - nodes: 7
+          - nodes: {n7: 1}
             options: {}
         """
     ) == [
         "ns.yaml:2:3: defaults.clone_ns_flags: expected a list of flag names or a "
         "comma-separated string, got a mapping",
         "ns.yaml:4:5: node_confs[0].nodes: expected a hostlist string or a non-empty list of "
-        "hostlist strings, got the number 7",
+        "hostlist strings, got a mapping",
     ]
 
 
@@ -689,6 +703,8 @@ def test_recursive_aliases_are_reported_not_a_crash():
     assert lines("defaults: &x\n  base_path: *x\n") == [
         "ns.yaml:2:3: defaults.base_path: invalid YAML: an alias refers to a node that contains it",
         "ns.yaml:2:3: defaults.base_path: expected a string, got nothing (null)",
+        "ns.yaml:2:14: warning: YAML aliases: Slurm's YAML reader refuses them, so slurmd would "
+        "not start with this file (nsctl expands them)",
     ]
 
 
@@ -727,7 +743,9 @@ def test_plain_aliases_are_fine():
         ),
         (
             "defaults: {clone_ns_script_wait: !!int abc}",
-            "ns.yaml:1:34: defaults.clone_ns_script_wait: invalid YAML: 'abc' is not a valid int",
+            "ns.yaml:1:34: defaults.clone_ns_script_wait: unsupported tag '!!int': write the value "
+            "without a tag (Slurm converts tagged values its own way: !!int 010 is 10 in Slurm, 8 "
+            "in YAML 1.1)",
         ),
         ("defaults: !!set {a}", "ns.yaml:1:11: defaults: invalid YAML: unsupported tag '!!set'"),
     ],
