@@ -6,12 +6,14 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -63,11 +65,33 @@ def test_corpus_is_there():
         assert (BAD / f"{name}.expected").is_file(), name
 
 
+def parser_problem(path: Path) -> Optional[str]:
+    """PyYAML's own message when it cannot parse ``path`` at all, else None."""
+    from nsctl import validate as checker
+
+    try:
+        for _event in yaml.parse(path.read_text(), Loader=checker._Loader):
+            pass
+    except yaml.MarkedYAMLError as exc:
+        return exc.problem
+    return None
+
+
 @pytest.mark.parametrize("name", BAD_CASES)
 def test_bad_config_exact_output(name, monkeypatch):
+    """Exact, except for the words of a YAML syntax error, which are PyYAML's and libyaml's
+    (the .expected files show today's): there the output must carry the parser's own words."""
     monkeypatch.chdir(BAD)
     result = run("validate", f"{name}.yaml")
-    assert result.stdout == (BAD / f"{name}.expected").read_text()
+    expected = (BAD / f"{name}.expected").read_text()
+    problem = parser_problem(BAD / f"{name}.yaml")
+    if problem is not None:
+        assert f": invalid YAML: {problem}\n" in result.stdout
+        mask = re.compile(r"(: invalid YAML: ).*")
+        expected, stdout = mask.sub(r"\1...", expected), mask.sub(r"\1...", result.stdout)
+    else:
+        stdout = result.stdout
+    assert stdout == expected
     assert result.stderr == ""
     assert result.exit_code == 1
 

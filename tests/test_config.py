@@ -20,17 +20,21 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "namespace.y
 
 
 def example() -> Any:
-    with open(EXAMPLE, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    checked = checker.check_file(EXAMPLE)
+    assert checked.valid
+    return checked.data
 
 
 def doc(text: str, *, valid: bool = True) -> Any:
-    """Parse a YAML document; by default insist that it validates, since resolve() trusts that."""
+    """The typed document validate builds, which is what resolve() takes; with valid=False, a
+    document validate refuses, as PyYAML reads it (None for a null), to show that resolve still
+    follows Slurm's merge for what Slurm would accept."""
     text = textwrap.dedent(text)
-    if valid:
-        checked = checker.check_text(text, "ns.yaml")
-        assert checked.valid, [str(i) for i in checked.errors]
-    return yaml.safe_load(text)
+    if not valid:
+        return yaml.safe_load(text)
+    checked = checker.check_text(text, "ns.yaml")
+    assert checked.valid, [str(i) for i in checked.errors]
+    return checked.data
 
 
 def resolve(text: str, node: str = "n1", hostname: Optional[str] = None, **kw) -> NodeConfig:
@@ -169,7 +173,9 @@ def test_nodes_may_be_a_list_of_hostlist_strings():
 
 
 def test_strings_override_only_when_non_empty():
-    """Slurm: a node cannot clear a default script with "" (the validator rejects "" anyway)."""
+    """Slurm: a node cannot clear a default script with "" (validate warns that the default
+    stays), nor with a real null (Slurm's !!null; validate refuses it, and the plain null here,
+    which Slurm would read as the text 'null')."""
     resolved = resolve(
         """
         defaults:
@@ -225,8 +231,8 @@ def test_bools_and_ints_override_whenever_the_key_is_present():
 
 
 def test_null_bool_and_wait_at_node_level_still_override():
-    """Slurm: key present with null -> false / 0 (= 10). The validator refuses null, the
-    resolver still follows Slurm for it."""
+    """Slurm: key present with a real null (!!null) -> false / 0 (= 10). validate refuses any
+    null there, the resolver still follows Slurm for it."""
     resolved = resolve(
         """
         defaults: {base_path: /var/ns, shared: true, clone_ns_epilog_wait: 50}
