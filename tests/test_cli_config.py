@@ -103,6 +103,17 @@ def test_good_config_validates(path):
     assert result.stdout.splitlines()[-1].startswith(f"{path}: valid")
 
 
+@pytest.mark.parametrize("name", BAD_CASES)
+def test_show_config_refuses_every_bad_config_without_a_traceback(name):
+    """What the Prolog and the Epilog load goes through the same path: an invalid file is one
+    clean error (exit 1), never a traceback (issue 7: dirs: [/tmp, /dev/shm] crashed it)."""
+    path = BAD / f"{name}.yaml"
+    result = run("show-config", "--config", str(path), "--node", "n1")  # raises on a traceback
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"nsctl: error: {path} is not valid:\n{path}:")
+    assert "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # validate: text, JSON, exit codes
 
