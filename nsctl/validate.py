@@ -553,12 +553,10 @@ def _read_wait(doc: _Doc, raw: Any, path: Path) -> Any:
                 f"octal in YAML 1.1; write {value}",
             )
         elif value > cfg.MAX_WAIT:
-            effect = "refuse it" if stored is None else slurm_wait(stored)
-            doc.issue(
-                path,
-                f"must be at most {cfg.MAX_WAIT}, got {text}; Slurm would {effect} (it counts "
-                "milliseconds in 32 bits)",
-            )
+            effect = "Slurm refuses it too"  # beyond what strtoll can read
+            if stored is not None:
+                effect = f"Slurm would {slurm_wait(stored)} (it counts milliseconds in 32 bits)"
+            doc.issue(path, f"must be at most {cfg.MAX_WAIT}, got {text}; {effect}")
         else:
             return value
         return _BAD
@@ -567,6 +565,9 @@ def _read_wait(doc: _Doc, raw: Any, path: Path) -> Any:
         doc.issue(path, f"expected a whole number, {got}; Slurm refuses it too")
     elif text.lstrip(_C_SPACE).startswith("-") and stored == _NO_VAL:
         doc.issue(path, f"must be 0 or more, got {text}; Slurm would {slurm_wait(stored)}")
+    elif stored > cfg.MAX_WAIT:
+        effect = f"read it as {stored} and {slurm_wait(stored)}"
+        doc.issue(path, f"expected a whole number, {got}; Slurm would {effect}")
     else:
         hint = f"write {stored}" if raw.plain and raw.tag is None else "drop the quotes"
         hint = "drop the tag" if raw.tag else hint
@@ -975,23 +976,15 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("nsctl.schema").joinpath("namespace.schema.json").read_text())
 
 
-def read(text: str, file: str) -> tuple[Any, list[Issue]]:
-    """Parse and read a namespace.yaml text: the typed document and every issue, unsorted."""
+def check_text(text: str, file: str) -> Checked:
+    """Validate a namespace.yaml text completely; never raises for bad input."""
     root, issues = parse(text, file)
     doc = _Doc(file)
     doc.issues = list(issues)
-    if root is None:
-        return None, doc.issues
-    data = _read_document(doc, root)
+    data = None if root is None else _read_document(doc, root)
     if isinstance(data, dict):
         _entry_checks(doc, data)
-    return data, doc.issues
-
-
-def check_text(text: str, file: str) -> Checked:
-    """Validate a namespace.yaml text completely; never raises for bad input."""
-    data, issues = read(text, file)
-    ordered = sorted(issues, key=lambda i: (i.line, i.column, i.severity != "error"))
+    ordered = sorted(doc.issues, key=lambda i: (i.line, i.column, i.severity != "error"))
     return Checked(file, data, tuple(dict.fromkeys(ordered)))
 
 

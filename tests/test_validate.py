@@ -337,6 +337,77 @@ def test_other_boolean_texts_are_refused_with_what_slurm_would_read(text, readin
     assert refusal("shared", text) == f"expected a boolean (true or false), got {reading}"
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        # Slurm's type detection: null forms, then integers, floats, forced integers, words
+        ("", False),
+        ("~", False),
+        ("~anything", False),
+        ("nULL", False),
+        ("0", False),
+        ("-0", False),
+        ("+0", False),
+        ("00", False),
+        ("0x0", False),
+        ("-0x0", False),
+        ("0.0", False),
+        ("0.", False),
+        ("0e5", False),
+        ("1e-999", False),  # underflows to zero
+        (" 0", False),  # strtoll skips leading blanks (only a quoted value can have them)
+        ("nO", False),
+        ("F", False),
+        ("Off", False),
+        ("1", True),
+        ("0x", True),  # not a number: any other text
+        ("nan", True),  # NaN is not equal to 0
+        ("-inf", True),
+        ("1e99999", True),
+        (".5", True),
+        ("0b0", True),
+        ("yEs", True),
+        ("maybe", True),
+    ],
+)
+def test_slurm_bool_is_slurms_conversion(text, value):
+    assert checker.slurm_bool(text) is value
+
+
+@pytest.mark.parametrize(
+    ("text", "stored", "effect"),
+    [
+        ("0", 0, "wait the default 10 s"),
+        ("-0", 0, "wait the default 10 s"),
+        ("7", 7, "wait 7 s"),
+        (" 7", 7, "wait 7 s"),
+        ("+7", 7, "wait 7 s"),
+        ("007", 7, "wait 7 s"),
+        ("0x10", 16, "wait 16 s"),
+        ("2147483", 2147483, "wait 2147483 s"),
+        ("2147484", 2147484, "wait without any time limit"),
+        ("4294968", 4294968, "wait 0.704 s"),
+        ("5000000", 5000000, "wait 705032.704 s"),
+        ("4294967295", 4294967295, "wait without any time limit"),
+        ("4294967296", 0xFFFFFFFE, "wait without any time limit"),  # NO_VAL
+        ("-1", 0xFFFFFFFE, "wait without any time limit"),
+        ("0xFFFFFFFFFFFFFFFF", 0xFFFFFFFE, "wait without any time limit"),
+        ("9223372036854775807", 0xFFFFFFFE, "wait without any time limit"),
+        ("9223372036854775808", None, None),  # strtoll: out of range
+        ("0x10000000000000000", None, None),
+        ("", None, None),
+        ("0x", None, None),
+        ("7 ", None, None),
+        ("1_000", None, None),
+        ("2.5", None, None),
+    ],
+)
+def test_slurm_uint32_and_wait_are_slurms_conversion(text, stored, effect):
+    assert checker.slurm_uint32(text) == stored
+    if stored is not None:
+        assert checker.slurm_wait(stored) == effect
+
+
 @pytest.mark.parametrize("text", ["0", "1", "10", "30", "2147483"])
 def test_waits_are_plain_decimal_seconds(text):
     assert value_of("clone_ns_script_wait", text) == int(text)
@@ -378,8 +449,7 @@ def test_waits_are_plain_decimal_seconds(text):
         ),
         (
             "99999999999999999999",
-            "must be at most 2147483, got 99999999999999999999; Slurm would refuse it (it counts "
-            "milliseconds in 32 bits)",
+            "must be at most 2147483, got 99999999999999999999; Slurm refuses it too",
         ),
         ("-1", "must be 0 or more, got -1; Slurm would wait without any time limit"),
         ("-0", "expected a whole number, got the number -0; Slurm would read it as 0 (write 0)"),
@@ -387,6 +457,16 @@ def test_waits_are_plain_decimal_seconds(text):
         (
             "0x10",
             "expected a whole number, got the string '0x10'; Slurm would read it as 16 (write 16)",
+        ),
+        (
+            '"4294968"',
+            "expected a whole number, got the string '4294968'; Slurm would read it as 4294968 "
+            "and wait 0.704 s",
+        ),
+        (
+            "0xFFFFFFFF",
+            "expected a whole number, got the string '0xFFFFFFFF'; Slurm would read it as "
+            "4294967295 and wait without any time limit",
         ),
         ("1_000", "expected a whole number, got the string '1_000'; Slurm refuses it too"),
         ("1:30", "expected a whole number, got the string '1:30'; Slurm refuses it too"),
