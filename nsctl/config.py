@@ -1,11 +1,13 @@
 """Pure configuration layer: find namespace.yaml, resolve it for one node, expand job paths.
 
-No ctypes, no mounts, no jsonschema: ``setup``/``teardown``/``join`` import this module for
-every job on every node. Resolution follows Slurm's namespace/linux merge rules exactly
-(defaults first, then only the FIRST matching node_confs entry; strings override only when
-non-empty, bools/ints whenever the key is present; ``dir_confs`` replaces the whole list).
-Validation (types, unknown keys, overlaps) lives in ``validate.py``; this module trusts a
-document that has passed it.
+No ctypes, no mounts, no jsonschema, no YAML: ``setup``/``teardown``/``join`` import this module
+for every job on every node. One option table (``OPTIONS``: name, kind, default) drives how each
+key is read (``validate.py``), merged and resolved (here) and where its value came from.
+Resolution follows Slurm's namespace/linux merge rules exactly (defaults first, then only the
+FIRST matching node_confs entry; text overrides only when non-empty, booleans and waits whenever
+the key is present; ``dir_confs`` replaces the whole list). ``resolve`` takes the typed document
+that ``validate.check_text`` builds and trusts it; ``merge`` and ``dir_specs`` are the same code
+validation runs its per-entry layout checks on.
 """
 
 from __future__ import annotations
@@ -26,23 +28,83 @@ INIT_SCRIPT_WAIT = 10  # fixed in Slurm, not configurable
 DEV_SHM = "/dev/shm"
 
 BUILTIN = "built-in default"
+MAX_WAIT = 2_147_483  # seconds; Slurm's milliseconds (a signed int) overflow from 2,147,484 on
 
-# Option keys by how a node entry overrides the defaults (Slurm: strings only when
-# non-empty, bools and ints whenever the key is present).
-STRING_KEYS = (
-    "base_path",
-    "clone_ns_script",
-    "clone_ns_epilog",
-    "init_script",
-    "user_ns_script",
-    "dirs",
+# Option kinds. Each kind fixes how a value is read (validate.py has one reader per kind) and
+# how a node entry overrides the defaults (Slurm: booleans and waits whenever the key is
+# present, text only when it is not empty, dir_confs as a whole list that also clears dirs).
+BOOL = "bool"  # y/yes/t/true/on or n/no/f/false/off
+WAIT = "wait"  # whole seconds, 0 means DEFAULT_WAIT
+BASE_PATH = "base_path"  # absolute, or none; %h and %n expanded
+SCRIPT = "script"  # an absolute path
+FLAGS = "flags"  # CLONE_* names: a list or a comma-separated string
+DIRS = "dirs"  # absolute directories, comma-separated
+DIR_CONFS = "dir_confs"  # a list of DIR_CONF_OPTIONS mappings
+DIR_PATH = "dir_path"  # a mount target; %j %S %u %% expanded per job
+DIR_BASE = "dir_base"  # a per-directory backing root; %h and %n expanded
+MOUNT_OPTIONS = "mount_options"  # mount flags and tmpfs data, comma-separated
+HOSTLIST = "hostlist"  # a Slurm hostlist, or a list of them
+OPTION_MAP = "option_map"  # a mapping of OPTIONS
+NODE_LIST = "node_list"  # a list of NODE_CONF_OPTIONS mappings
+
+PRESENT, NON_EMPTY, REPLACE = "present", "non-empty", "replace"
+MERGE_RULE = {
+    BOOL: PRESENT,
+    WAIT: PRESENT,
+    BASE_PATH: NON_EMPTY,
+    SCRIPT: NON_EMPTY,
+    FLAGS: NON_EMPTY,
+    DIRS: NON_EMPTY,
+    DIR_CONFS: REPLACE,
+}
+
+
+class Option(NamedTuple):
+    """One key of namespace.yaml. ``default`` is the built-in value when no entry sets it."""
+
+    name: str
+    kind: str
+    default: Any = None
+    required: bool = False
+
+
+# Keys of defaults and node_confs[].options, in the order show-config prints them. Every name
+# but dirs (which only feeds dir_confs) is a NodeConfig field of the same name.
+OPTIONS = (
+    Option("base_path", BASE_PATH),
+    Option("auto_base_path", BOOL, False),
+    Option("clone_ns_flags", FLAGS, ()),
+    Option("clone_ns_script", SCRIPT),
+    Option("clone_ns_script_wait", WAIT, DEFAULT_WAIT),
+    Option("clone_ns_epilog", SCRIPT),
+    Option("clone_ns_epilog_wait", WAIT, DEFAULT_WAIT),
+    Option("init_script", SCRIPT),
+    Option("user_ns_script", SCRIPT),
+    Option("shared", BOOL, False),
+    Option("disable_bpf_token", BOOL, False),
+    Option("dir_confs", DIR_CONFS),
+    Option("dirs", DIRS, DEFAULT_DIRS),
 )
-BOOL_KEYS = ("auto_base_path", "shared", "disable_bpf_token")
-WAIT_KEYS = ("clone_ns_script_wait", "clone_ns_epilog_wait")
-OPTION_KEYS = STRING_KEYS + BOOL_KEYS + WAIT_KEYS + ("clone_ns_flags", "dir_confs")
-DIR_CONF_KEYS = ("path", "base_path", "options", "tmpfs")
-NODE_CONF_KEYS = ("nodes", "options")
-TOP_KEYS = ("defaults", "node_confs")
+DIR_CONF_OPTIONS = (
+    Option("path", DIR_PATH, required=True),
+    Option("base_path", DIR_BASE),
+    Option("options", MOUNT_OPTIONS, ""),
+    Option("tmpfs", BOOL, False),
+)
+NODE_CONF_OPTIONS = (
+    Option("nodes", HOSTLIST, required=True),
+    Option("options", OPTION_MAP, required=True),
+)
+TOP_OPTIONS = (Option("defaults", OPTION_MAP), Option("node_confs", NODE_LIST))
+
+OPTION_KEYS = tuple(option.name for option in OPTIONS)
+DIR_CONF_KEYS = tuple(option.name for option in DIR_CONF_OPTIONS)
+NODE_CONF_KEYS = tuple(option.name for option in NODE_CONF_OPTIONS)
+TOP_KEYS = tuple(option.name for option in TOP_OPTIONS)
+STRING_KEYS = tuple(o.name for o in OPTIONS if o.kind in (BASE_PATH, SCRIPT, DIRS))
+BOOL_KEYS = tuple(o.name for o in OPTIONS if o.kind == BOOL)
+WAIT_KEYS = tuple(o.name for o in OPTIONS if o.kind == WAIT)
+RESOLVED_KEYS = tuple(name for name in OPTION_KEYS if name != "dirs")  # the NodeConfig fields
 
 CLONE_FLAGS = ("CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWUSER")
 
@@ -258,22 +320,89 @@ def matching_entry(doc: Mapping[str, Any], node: str) -> Optional[int]:
     return None
 
 
-def _overlay(
-    values: dict[str, Any], origins: dict[str, str], options: Mapping[str, Any], origin: str
-) -> None:
-    for key in STRING_KEYS:
-        if options.get(key) not in (None, ""):
-            values[key], origins[key] = options[key], origin
-    for key in BOOL_KEYS + WAIT_KEYS:
-        if key in options:
-            values[key], origins[key] = options[key], origin
-    if "clone_ns_flags" in options and flag_tokens(options["clone_ns_flags"]):
-        values["clone_ns_flags"], origins["clone_ns_flags"] = options["clone_ns_flags"], origin
+class Setting(NamedTuple):
+    """A merged option value and the key path it was written at (``()``: the built-in default)."""
+
+    value: Any
+    path: tuple = ()
+
+    @property
+    def origin(self) -> str:
+        return origin_of(self.path)
+
+
+def origin_of(path: tuple) -> str:
+    """The origin of a value written at ``path``: defaults, node_confs[i], or BUILTIN for ()."""
+    if not path:
+        return BUILTIN
+    return "defaults" if path[0] == "defaults" else f"node_confs[{path[1]}]"
+
+
+def slurm_text(value: Any) -> str:
+    """A text option as Slurm stores it: a list (clone_ns_flags) joined with commas, null as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _overlay(merged: dict[str, Setting], options: Any, prefix: tuple) -> None:
+    if not isinstance(options, Mapping):
+        return
+    for option in OPTIONS:
+        if option.name not in options:
+            continue
+        value = options[option.name]
+        if MERGE_RULE[option.kind] != NON_EMPTY or slurm_text(value):
+            merged[option.name] = Setting(value, (*prefix, option.name))
     if "dir_confs" in options:
-        # A node entry's dir_confs (even []) replaces the list and clears dirs.
-        values["dir_confs"], origins["dir_confs"] = options["dir_confs"], origin
-        values.pop("dirs", None)
-        origins.pop("dirs", None)
+        merged.pop("dirs", None)  # a dir_confs list (even []) replaces dirs, wherever it was set
+
+
+def merge(doc: Optional[Mapping[str, Any]], index: Optional[int]) -> dict[str, Setting]:
+    """Slurm's merge: every key of defaults, then node_confs[index].options (None: no entry)
+    on top by each option's rule. Only keys some entry sets are in the result."""
+    doc = doc or {}
+    merged: dict[str, Setting] = {}
+    _overlay(merged, doc.get("defaults"), ("defaults",))
+    if index is not None:
+        entry = doc["node_confs"][index]
+        _overlay(merged, entry.get("options"), ("node_confs", index, "options"))
+    return merged
+
+
+class DirSpec(NamedTuple):
+    """One private directory as merged, before normalisation and %h/%n expansion."""
+
+    path: str  # as written
+    tmpfs: bool  # tmpfs: true, or /dev/shm (trailing slashes ignored)
+    options: str
+    base_path: Optional[str]  # as written; None when unset or for a tmpfs
+    where: tuple  # key path of the path (of dirs for the dirs string); () when built in
+
+
+def dir_specs(merged: Mapping[str, Setting]) -> tuple[list[DirSpec], Setting]:
+    """The directories a merged configuration mounts, and the setting they come from."""
+    if "dir_confs" in merged:
+        source = merged["dir_confs"]
+        specs = []
+        for index, raw in enumerate(source.value or []):
+            if not isinstance(raw, Mapping) or not isinstance(raw.get("path"), str):
+                continue  # only in a document that did not validate
+            path = raw["path"]
+            tmpfs = raw.get("tmpfs") is True or normalise_dir(path) == DEV_SHM
+            base = raw.get("base_path") or None
+            where = (*source.path, index, "path")
+            specs.append(
+                DirSpec(path, tmpfs, raw.get("options") or "", None if tmpfs else base, where)
+            )
+        return specs, source
+    source = merged.get("dirs") or Setting(DEFAULT_DIRS)
+    # Slurm splits dirs on commas and skips empty entries (strtok); validation refuses those.
+    paths = [token for token in str(source.value).split(",") if token]
+    where = source.path
+    return [DirSpec(p, normalise_dir(p) == DEV_SHM, "", None, where) for p in paths], source
 
 
 _SEARCH = -1  # resolve(): find the matching entry by expanding the hostlists
@@ -286,30 +415,26 @@ def resolve(
     *,
     index: Optional[int] = _SEARCH,
 ) -> NodeConfig:
-    """Resolve a validated document for one node, recording where each value came from.
+    """Resolve a validated, typed document for one node, recording where each value came from.
 
     ``index`` is the node_confs entry that matches ``node`` (None: none does) when the caller
     already knows it: a report over 100,000 nodes must not expand every hostlist per node.
     """
     hostname = hostname or node
     doc = doc or {}
-    values: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    entry = ""
-    if doc.get("defaults") is not None:
-        _overlay(values, origins, doc["defaults"], "defaults")
-        entry = "defaults"
     if index == _SEARCH:
         index = matching_entry(doc, node)
+    entry = "defaults" if doc.get("defaults") is not None else ""
     if index is not None:
         entry = f"node_confs[{index}]"
-        _overlay(values, origins, doc["node_confs"][index]["options"], entry)
+    merged = merge(doc, index)
+    origins = {name: setting.origin for name, setting in merged.items() if name != "dirs"}
 
-    base = values.get("base_path")
+    base = slurm_text(merged["base_path"].value) if "base_path" in merged else ""
     if not base:
         reason = "no base_path applies to this node" if entry else "namespace.yaml sets nothing"
         return NodeConfig(node=node, entry=entry, enabled=False, disabled_reason=reason)
-    if str(base).lower() == "none":
+    if base[:4].lower() == "none":  # Slurm's test: a 4-character prefix, in any case
         return NodeConfig(
             node=node,
             entry=entry,
@@ -318,51 +443,41 @@ def resolve(
             origins=origins,
         )
 
+    specs, source = dir_specs(merged)
+    dir_confs = []
+    for spec in specs:
+        flag_words, data = parse_mount_options(spec.options)
+        dir_base = spec.base_path and normalise_dir(
+            expand_node_escapes(spec.base_path, node, hostname)
+        )
+        dir_confs.append(DirConf(normalise_dir(spec.path), spec.tmpfs, flag_words, data, dir_base))
+
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        setting = merged.get(option.name)
+        value = option.default if setting is None else setting.value
+        if option.kind == BOOL:
+            values[option.name] = bool(value)
+        elif option.kind == WAIT:
+            values[option.name] = int(value or 0) or DEFAULT_WAIT  # Slurm: 0 means the default
+        elif option.kind == SCRIPT:
+            values[option.name] = value or None
     flags = ["CLONE_NEWNS"]
-    for token in flag_tokens(values.get("clone_ns_flags", [])):
+    for token in flag_tokens(merged["clone_ns_flags"].value if "clone_ns_flags" in merged else []):
         if token.upper() not in flags:
             flags.append(token.upper())
-    origins.setdefault("clone_ns_flags", BUILTIN)
-
-    if "dir_confs" in values:
-        raw_dirs = values["dir_confs"]
-    else:
-        origins["dir_confs"] = origins.get("dirs", BUILTIN)
-        raw_dirs = [{"path": p} for p in split_csv(values.get("dirs") or DEFAULT_DIRS)]
-    dir_confs = []
-    for raw in raw_dirs:
-        path = normalise_dir(raw["path"])
-        flag_words, data = parse_mount_options(raw.get("options"))
-        tmpfs = bool(raw.get("tmpfs", False)) or path == DEV_SHM
-        dir_base = raw.get("base_path") or None
-        if dir_base and not tmpfs:
-            dir_base = normalise_dir(expand_node_escapes(dir_base, node, hostname))
-        else:
-            dir_base = None
-        dir_confs.append(DirConf(path, tmpfs, flag_words, data, dir_base))
-
-    for key in BOOL_KEYS + WAIT_KEYS + ("init_script", "user_ns_script"):
-        origins.setdefault(key, BUILTIN)
-    for key in ("clone_ns_script", "clone_ns_epilog"):
-        origins.setdefault(key, BUILTIN)
-    origins.pop("dirs", None)
+    origins["dir_confs"] = source.origin
+    for name in RESOLVED_KEYS:
+        origins.setdefault(name, BUILTIN)
     return NodeConfig(
         node=node,
         entry=entry,
         enabled=True,
-        base_path=normalise_dir(expand_node_escapes(str(base), node, hostname)),
-        auto_base_path=bool(values.get("auto_base_path", False)),
+        base_path=normalise_dir(expand_node_escapes(base, node, hostname)),
         clone_ns_flags=tuple(flags),
-        clone_ns_script=values.get("clone_ns_script") or None,
-        clone_ns_script_wait=values.get("clone_ns_script_wait") or DEFAULT_WAIT,
-        clone_ns_epilog=values.get("clone_ns_epilog") or None,
-        clone_ns_epilog_wait=values.get("clone_ns_epilog_wait") or DEFAULT_WAIT,
-        init_script=values.get("init_script") or None,
-        user_ns_script=values.get("user_ns_script") or None,
-        shared=bool(values.get("shared", False)),
-        disable_bpf_token=bool(values.get("disable_bpf_token", False)),
         dir_confs=tuple(dir_confs),
-        origins=origins,
+        origins={name: origins[name] for name in RESOLVED_KEYS},
+        **values,
     )
 
 
@@ -370,8 +485,12 @@ def resolve(
 # Serialisation (show-config, the resolved-config cache)
 
 
+def _dir_dict(d: DirConf) -> dict[str, Any]:
+    return {"path": d.path, "tmpfs": d.tmpfs, "options": d.options, "base_path": d.base_path}
+
+
 def to_dict(config: NodeConfig) -> dict[str, Any]:
-    """The resolved configuration as plain data, every default explicit."""
+    """The resolved configuration as plain data, every default explicit (show-config, cache)."""
     if not config.enabled:
         return {
             "node": config.node,
@@ -379,31 +498,15 @@ def to_dict(config: NodeConfig) -> dict[str, Any]:
             "enabled": False,
             "reason": config.disabled_reason,
         }
-    return {
-        "node": config.node,
-        "entry": config.entry,
-        "enabled": True,
-        "base_path": config.base_path,
-        "auto_base_path": config.auto_base_path,
-        "clone_ns_flags": list(config.clone_ns_flags),
-        "clone_ns_script": config.clone_ns_script,
-        "clone_ns_script_wait": config.clone_ns_script_wait,
-        "clone_ns_epilog": config.clone_ns_epilog,
-        "clone_ns_epilog_wait": config.clone_ns_epilog_wait,
-        "init_script": config.init_script,
-        "user_ns_script": config.user_ns_script,
-        "shared": config.shared,
-        "disable_bpf_token": config.disable_bpf_token,
-        "dir_confs": [
-            {
-                "path": d.path,
-                "tmpfs": d.tmpfs,
-                "options": d.options,
-                "base_path": d.base_path,
-            }
-            for d in config.dir_confs
-        ],
-    }
+    data: dict[str, Any] = {"node": config.node, "entry": config.entry, "enabled": True}
+    for name in RESOLVED_KEYS:
+        value = getattr(config, name)
+        if name == "clone_ns_flags":
+            value = list(value)
+        elif name == "dir_confs":
+            value = [_dir_dict(d) for d in value]
+        data[name] = value
+    return data
 
 
 def from_dict(data: Mapping[str, Any], origins: Optional[Mapping[str, str]] = None) -> NodeConfig:
@@ -416,10 +519,17 @@ def from_dict(data: Mapping[str, Any], origins: Optional[Mapping[str, str]] = No
             disabled_reason=data["reason"],
             origins=dict(origins or {}),
         )
-    values = dict(data)
+    values = {name: data[name] for name in RESOLVED_KEYS}
     dirs = []
     for d in values.pop("dir_confs"):
         flag_words, tokens = parse_mount_options(d["options"])
         dirs.append(DirConf(d["path"], d["tmpfs"], flag_words, tokens, d["base_path"]))
     values["clone_ns_flags"] = tuple(values["clone_ns_flags"])
-    return NodeConfig(dir_confs=tuple(dirs), origins=dict(origins or {}), **values)
+    return NodeConfig(
+        node=data["node"],
+        entry=data["entry"],
+        enabled=True,
+        dir_confs=tuple(dirs),
+        origins=dict(origins or {}),
+        **values,
+    )

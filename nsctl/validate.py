@@ -1,9 +1,13 @@
 """Strict validation of namespace.yaml: every problem at once, each with file:line:column, key path.
 
-Structure and types come from the JSON Schema shipped in ``nsctl.schema``; the rules a schema
-cannot say (paths that overlap, backing names that collide, mount option tokens, ``%`` escapes,
-settings Slurm would silently ignore) are checked here in Python. Only ``nsctl validate`` and a
-cold runtime cache import this module: jsonschema alone costs ~0.1 s.
+Scalars are read the way Slurm reads them: YAML gives every untagged scalar to Slurm as its
+text, and each key converts that text itself (``010`` is ten, ``~`` is the text "~", ``maybe`` is
+a true boolean). nsctl converts per key with the same rules, from the option table in
+``config.py``, and refuses every value it would not resolve exactly as Slurm does, saying what
+Slurm would make of it. Rules that need a value of the right kind run only on values that have
+it; the layout rules (overlapping paths, backing names that collide) run on what each entry
+merges to, through ``config.merge``, the function ``resolve`` uses. Only ``nsctl validate`` and a
+cold runtime cache import this module (it needs PyYAML; the runtime path does not).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import hostlist
 import yaml
@@ -31,18 +35,6 @@ _DATA_VALUE = {
     "gid": re.compile(r"^[0-9]+$"),
     # deny and force exist only for the shmem_enabled sysfs knob: a tmpfs mount refuses them.
     "huge": re.compile(r"^(never|always|within_size|advise)$"),
-}
-_EXPECTED = {
-    "boolean": "a boolean (true or false)",
-    "integer": "a whole number",
-    "string": "a string",
-    "array": "a list",
-    "object": "a mapping",
-    "null": "nothing",
-}
-_ONE_OF = {
-    "nodes": "expected a hostlist string or a non-empty list of hostlist strings",
-    "clone_ns_flags": "expected a list of flag names or a comma-separated string",
 }
 
 
@@ -76,7 +68,9 @@ class Issue:
 
 @dataclass(frozen=True)
 class Checked:
-    """A parsed document and what validation found. ``data`` is None when YAML failed."""
+    """A document and what validation found. ``data`` is the typed document (every value
+    converted the way Slurm converts it, as ``config.resolve`` takes it), None when the YAML
+    itself failed; only the values that could be read are in it."""
 
     file: str
     data: Any
@@ -103,198 +97,353 @@ def format_path(path: Iterable) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML with positions
+# YAML as Slurm's reader sees it: text scalars, with positions
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-# Scalars are built only with these tags; anything else (a custom !tag, !!binary, a YAML 1.1
-# timestamp) is either reported or kept as the text Slurm would see, never constructed blindly.
 _TAG = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {_TAG + name for name in ("str", "int", "float", "bool", "null")}
-_MAX_DEPTH = 50  # namespace.yaml needs 6 levels; deeper nesting would only exhaust the stack
+_MAX_DEPTH = 50  # namespace.yaml needs 6 levels; deeper nesting only costs memory and time
 _MAX_NODES = 1_000_000  # aliases can multiply a small file into an enormous document
+At = tuple  # (line, column), both from 1
+
+
+class Scalar(NamedTuple):
+    """A scalar as written: Slurm receives ``text`` whatever its style, and converts it per key
+    (only an explicit tag makes its reader convert it first)."""
+
+    text: str
+    plain: bool  # neither quoted nor a block scalar
+    tag: Optional[str]  # the explicit tag, None when untagged
+    at: At
+
+
+class RawMap(NamedTuple):
+    items: list  # (key, value) pairs in file order, duplicates included
+    tag: Optional[str]
+    at: At
+
+
+class RawSeq(NamedTuple):
+    items: list
+    tag: Optional[str]
+    at: At
+
+
+class BadAlias(NamedTuple):
+    """An alias to a collection that contains it (it would recurse forever)."""
+
+    at: At
+
+
+def _at(mark: Any) -> At:
+    return (mark.line + 1, mark.column + 1)
+
+
+class _Stop(Exception):
+    """The document cannot be read on: one issue, at ``at``."""
+
+    def __init__(self, at: At, message: str):
+        super().__init__(message)
+        self.at, self.message = at, message
+
+
+class _Builder:
+    """The raw document from the event stream, with an explicit stack (no recursion, so no depth
+    can exhaust the C or the Python stack), nesting and alias expansion bounded."""
+
+    def __init__(self) -> None:
+        self.stack: list[list] = []  # [collection, pending key, anchor] per open collection
+        self.anchors: dict[str, Any] = {}  # anchor -> finished value
+        self.open: set[str] = set()  # anchors of collections not finished yet
+        self.sizes: dict[int, int] = {}  # id(collection) -> values in it, aliases expanded
+        self.count = 0  # values in the document so far, aliases expanded
+        self.root: Any = None
+        self.documents = 0
+        self.first_alias: Optional[At] = None
+
+    def feed(self, event: Any) -> None:
+        if isinstance(event, yaml.DocumentStartEvent):
+            self.documents += 1
+            if self.documents > 1:
+                message = "invalid YAML: expected a single document in the stream: but found "
+                raise _Stop(_at(event.start_mark), message + "another document")
+        elif isinstance(event, yaml.ScalarEvent):
+            plain = not event.style  # libyaml says "", PyYAML's own parser None
+            self.add(Scalar(event.value, plain, event.tag, _at(event.start_mark)), event.anchor, 1)
+        elif isinstance(event, yaml.AliasEvent):
+            self.alias(event)
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(self.stack) >= _MAX_DEPTH:
+                message = f"invalid YAML: nested more than {_MAX_DEPTH} levels deep"
+                raise _Stop(_at(event.start_mark), message)
+            kind = RawMap if isinstance(event, yaml.MappingStartEvent) else RawSeq
+            self.count += 1
+            self.stack.append([kind([], event.tag, _at(event.start_mark)), None, event.anchor])
+            if event.anchor:
+                self.open.add(event.anchor)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            collection, _, anchor = self.stack.pop()
+            if anchor:
+                self.open.discard(anchor)
+            values = collection.items
+            if isinstance(collection, RawMap):
+                values = [value for pair in collection.items for value in pair]
+            self.sizes[id(collection)] = 1 + sum(self.size(value) for value in values)
+            self.add(collection, anchor, 0)
+
+    def alias(self, event: Any) -> None:
+        at = _at(event.start_mark)
+        self.first_alias = self.first_alias or at
+        if event.anchor in self.open:
+            self.add(BadAlias(at), None, 1)
+        elif event.anchor in self.anchors:
+            value = self.anchors[event.anchor]
+            self.add(value, None, self.size(value))
+        else:
+            raise _Stop(at, "invalid YAML: found undefined alias")
+        if self.count > _MAX_NODES:
+            message = (
+                f"invalid YAML: more than {_MAX_NODES} values (aliases nested inside aliases?)"
+            )
+            raise _Stop(at, message)
+
+    def size(self, value: Any) -> int:
+        return self.sizes.get(id(value), 1)
+
+    def add(self, value: Any, anchor: Optional[str], count: int) -> None:
+        self.count += count
+        if anchor:
+            self.anchors[anchor] = value
+        if not self.stack:
+            self.root = value
+            return
+        frame = self.stack[-1]
+        if isinstance(frame[0], RawSeq):
+            frame[0].items.append(value)
+        elif frame[1] is None:
+            frame[1] = (value,)  # a key, waiting for its value
+        else:
+            frame[0].items.append((frame[1][0], value))
+            frame[1] = None
+
+
+def _yaml_issue(exc: Exception, file: str) -> Issue:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, column = _at(mark) if mark else (1, 1)
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            problem = f"{exc.context}: {problem}" if "while" not in exc.context else problem
+        return Issue(file, line, column, "", f"invalid YAML: {problem}")
+    return Issue(file, 1, 1, "", f"invalid YAML: {exc}")
+
+
+def _too_deep(text: str, file: str) -> Optional[Issue]:
+    """Nesting deeper than _MAX_DEPTH before the first syntax error, found by PyYAML's pure-Python
+    parser, which has no nesting limit of its own. libyaml's parser can stop first: since
+    version 0.2.5 of the copy PyYAML 6.0.4 bundles it refuses more than 1,000 levels, and its
+    scanner looks ahead far enough to fail before the events of level 51 are out."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    line, column = _at(event.start_mark)
+                    message = f"invalid YAML: nested more than {_MAX_DEPTH} levels deep"
+                    return Issue(file, line, column, "", message)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except (yaml.YAMLError, UnicodeError):
+        return None
+    return None
+
+
+def parse(text: str, file: str) -> tuple[Any, list[Issue]]:
+    """The raw document (``Scalar``, ``RawMap``, ``RawSeq``, ``BadAlias``; None when empty or
+    when the YAML fails, which is then the one error in the list)."""
+    builder = _Builder()
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            builder.feed(event)
+    except _Stop as stop:
+        return None, [Issue(file, stop.at[0], stop.at[1], "", stop.message)]
+    except (yaml.YAMLError, UnicodeError) as exc:
+        deep = _too_deep(text, file) if _Loader is not yaml.SafeLoader else None
+        return None, [deep or _yaml_issue(exc, file)]
+    issues = []
+    if builder.first_alias:
+        line, column = builder.first_alias
+        message = (
+            "YAML aliases: Slurm's YAML reader refuses them, so slurmd would not start with "
+            "this file (nsctl expands them)"
+        )
+        issues.append(Issue(file, line, column, "", message, "warning"))
+    return builder.root, issues
+
+
+# ---------------------------------------------------------------------------------------------
+# How Slurm converts a scalar's text (src/common/data.c, paraphrased: never copied)
+
+
+_C_SPACE = " \t\n\v\f\r"
+_SLURM_TRUE = ("y", "yes", "t", "true", "on")
+_SLURM_FALSE = ("n", "no", "f", "false", "off")
+_NO_VAL = 0xFFFFFFFE  # what Slurm stores for a uint32 it cannot represent
+_HEX_INT = re.compile(r"0[xX][0-9a-fA-F]+")
+_DEC_INT = re.compile(r"[-+]?[0-9]+")
+_C_FLOAT = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
+_C_HEX_FLOAT = re.compile(r"0[xX]([0-9a-fA-F]+(\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)([pP][-+]?[0-9]+)?")
+
+
+def _slurm_int(text: str) -> Optional[int]:
+    """Slurm's forced integer conversion: 0x hexadecimal, else strtoll base 10 (leading blanks
+    and a sign allowed, the whole text used); None when it fails (out of range included)."""
+    if _HEX_INT.fullmatch(text):
+        value = int(text, 16)
+        return None if value >= 2**64 else value - 2**64 * (value >= 2**63)
+    stripped = text.lstrip(_C_SPACE)
+    if not _DEC_INT.fullmatch(stripped):
+        return None
+    value = int(stripped)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def _slurm_zero(text: str) -> Optional[bool]:
+    """Whether the number Slurm's type detection finds in ``text`` (an integer, else a float,
+    else a forced integer) is zero; None when it finds no number."""
+    if _HEX_INT.fullmatch(text) or _DEC_INT.fullmatch(text):
+        return int(text, 16 if _HEX_INT.fullmatch(text) else 10) == 0
+    rest = text[1:] if text[:1] in "+-" else text
+    if rest.lower() in ("inf", "infinity", "nan"):
+        return False  # NaN is not equal to 0 in C either
+    try:
+        if _C_FLOAT.fullmatch(rest):
+            return float(rest) == 0
+        if _C_HEX_FLOAT.fullmatch(rest):
+            return float.fromhex(rest) == 0
+    except OverflowError:
+        return False  # C's strtod gives infinity
+    value = _slurm_int(text)
+    return None if value is None else value == 0
+
+
+def slurm_bool(text: str) -> bool:
+    """What Slurm makes of ``text`` for a boolean key: it never refuses one. Empty, ~..., null
+    and a zero are false, its false words are false, and anything else is true."""
+    if not text or text[0] == "~" or text.lower() == "null":
+        return False
+    zero = _slurm_zero(text)
+    if zero is not None:
+        return not zero
+    return text.lower() not in _SLURM_FALSE
+
+
+def slurm_uint32(text: str) -> Optional[int]:
+    """What Slurm stores for ``text`` at a uint32 key (the waits); None: slurmd refuses it."""
+    value = _slurm_int(text)
+    if value is None:
+        return None
+    return _NO_VAL if value < 0 or value > 0xFFFFFFFF else value
+
+
+def slurm_wait(value: int) -> str:
+    """What Slurm's script runner does with a stored wait: it multiplies the seconds into
+    milliseconds in 32 bits and reads them as a signed int, where 0 or less means no limit."""
+    if value == 0:
+        return f"wait the default {cfg.DEFAULT_WAIT} s"
+    ms = (value * 1000) & 0xFFFFFFFF
+    ms -= 2**32 if ms >= 2**31 else 0
+    if ms <= 0:
+        return "wait without any time limit"
+    return f"wait {ms // 1000} s" if ms % 1000 == 0 else f"wait {ms / 1000:.3f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the document through the option tables
+
+
+_BAD = object()  # a value that could not be read (the issue is already reported)
+_YAML_NULLS = ("~", "null", "Null", "NULL")
+# The boolean words of YAML 1.1 (in its three spellings): Slurm reads each the same way.
+_YAML_TRUE = tuple(s for w in ("yes", "true", "on") for s in (w, w.capitalize(), w.upper()))
+_YAML_FALSE = tuple(s for w in ("no", "false", "off") for s in (w, w.capitalize(), w.upper()))
+_NUMBER = re.compile(r"[-+]?([0-9]+|[0-9]*\.[0-9]+|[0-9]+\.[0-9]*)([eE][-+]?[0-9]+)?")
+_ONE_OF = {
+    cfg.HOSTLIST: "expected a hostlist string or a non-empty list of hostlist strings",
+    cfg.FLAGS: "expected a list of flag names or a comma-separated string",
+}
 
 
 class _Doc:
-    """Plain data built from the YAML node graph, plus the line:column of every key path."""
+    """Issues, and the line:column of every key path read so far."""
 
     def __init__(self, file: str):
         self.file = file
-        self.marks: dict[Path, tuple[int, int]] = {}
+        self.marks: dict[Path, At] = {}
         self.issues: list[Issue] = []
-        self.constructor = yaml.SafeLoader("")
-        self.active: set[int] = set()  # collection nodes being built (a recursive alias)
-        self.count = 0
+        self.bad: set[Path] = set()  # key paths whose values could not be read
 
-    def node_issue(self, node: yaml.Node, path: Path, message: str) -> None:
-        line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        self.issues.append(Issue(self.file, line, column, format_path(path), message))
-
-    def issue(self, path: Path, message: str, severity: str = "error") -> None:
-        line, column = self.position(path)
+    def issue(self, path: Path, message: str, severity: str = "error", at: Optional[At] = None):
+        line, column = at or self.position(path)
         self.issues.append(Issue(self.file, line, column, format_path(path), message, severity))
 
-    def position(self, path: Path) -> tuple[int, int]:
+    def position(self, path: Path) -> At:
         path = tuple(path)
         while path not in self.marks and path:
             path = path[:-1]
         return self.marks.get(path, (1, 1))
 
-    def build(self, node: yaml.Node, path: Path, mark: yaml.Node) -> Any:
-        self.marks[path] = (mark.start_mark.line + 1, mark.start_mark.column + 1)
-        self.count += 1
-        if self.count > _MAX_NODES:
-            raise _TooLarge(node)
-        if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node, path)
-        if id(node) in self.active:
-            line, column = self.marks[path]  # where the alias is used, not where it points
-            message = "invalid YAML: an alias refers to a node that contains it"
-            self.issues.append(Issue(self.file, line, column, format_path(path), message))
-            return None
-        self.active.add(id(node))
-        try:
-            return self.collection(node, path)
-        finally:
-            self.active.discard(id(node))
 
-    def scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
-        if node.tag == _TAG + "str":
-            return node.value  # most values: skip the constructor's bookkeeping
-        if node.tag == _TAG + "timestamp":
-            return node.value  # Slurm reads 2024-01-01 as text, and so does nsctl
-        if node.tag not in _SCALAR_TAGS:
-            self.node_issue(node, path, f"invalid YAML: unsupported tag {_tag(node)!r}")
-            return node.value
-        try:
-            return self.constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError, KeyError):
-            kind = node.tag[len(_TAG) :]
-            self.node_issue(node, path, f"invalid YAML: {node.value!r} is not a valid {kind}")
-            return node.value
-
-    def collection(self, node: yaml.Node, path: Path) -> Any:
-        if node.tag not in (_TAG + "map", _TAG + "seq"):
-            self.node_issue(node, path, f"invalid YAML: unsupported tag {_tag(node)!r}")
-        if isinstance(node, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.build(key_node, (*path, "<key>"), key_node)
-                if not isinstance(key, str):
-                    key = str(key)
-                if key in result:
-                    self.marks.setdefault((*path, key), (0, 0))
-                    line = key_node.start_mark.line + 1
-                    column = key_node.start_mark.column + 1
-                    self.issues.append(
-                        Issue(self.file, line, column, format_path((*path, key)), "duplicate key")
-                    )
-                    continue
-                result[key] = self.build(value_node, (*path, key), key_node)
-            self.marks.pop((*path, "<key>"), None)
-            return result
-        return [self.build(item, (*path, i), item) for i, item in enumerate(node.value)]
-
-
-def _tag(node: yaml.Node) -> str:
-    return "!!" + node.tag[len(_TAG) :] if node.tag.startswith(_TAG) else node.tag
-
-
-class _TooLarge(Exception):
-    def __init__(self, node: yaml.Node):
-        super().__init__("document too large")
-        self.node = node
-
-
-def _depth_issue(text: str, file: str) -> Optional[Issue]:
-    """Nesting deeper than any namespace.yaml needs, found from the event stream (no recursion:
-    libyaml's composer would overflow the C stack on a few hundred thousand levels)."""
-    depth = 0
-    for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > _MAX_DEPTH:
-                mark = event.start_mark
-                message = f"invalid YAML: nested more than {_MAX_DEPTH} levels deep"
-                return Issue(file, mark.line + 1, mark.column + 1, "", message)
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-    return None
-
-
-def parse(text: str, file: str) -> tuple[Any, list[Issue], dict[Path, tuple[int, int]]]:
-    """Parse YAML text; a syntax error becomes an Issue at the parser's line and column."""
-    doc = _Doc(file)
-    try:
-        too_deep = _depth_issue(text, file)
-        if too_deep:
-            return None, [too_deep], {}
-        root = yaml.compose(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or "invalid YAML"
-        if exc.context:
-            problem = f"{exc.context}: {problem}" if "while" not in exc.context else problem
-        return None, [Issue(file, line, column, "", f"invalid YAML: {problem}")], {}
-    except yaml.YAMLError as exc:
-        return None, [Issue(file, 1, 1, "", f"invalid YAML: {exc}")], {}
-    if root is None:
-        return None, [], {}
-    try:
-        data = doc.build(root, (), root)
-    except _TooLarge as exc:
-        mark = exc.node.start_mark
-        message = f"invalid YAML: more than {_MAX_NODES} values (aliases nested inside aliases?)"
-        return None, [Issue(file, mark.line + 1, mark.column + 1, "", message)], {}
-    return data, doc.issues, doc.marks
-
-
-# ---------------------------------------------------------------------------------------------
-# Schema
-
-
-def schema() -> dict[str, Any]:
-    return json.loads(resources.files("nsctl.schema").joinpath("namespace.schema.json").read_text())
-
-
-def _validator():
-    import jsonschema  # deliberately local: never on the setup/teardown import path
-
-    base = jsonschema.Draft202012Validator
-    # Only a YAML integer is an integer (jsonschema would accept 10.0).
-    checker = base.TYPE_CHECKER.redefine(
-        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
-    )
-    return jsonschema.validators.extend(base, type_checker=checker)(_inline_refs(schema()))
-
-
-def _inline_refs(node: Any, defs: Optional[dict] = None) -> Any:
-    """The schema with every local "$ref" replaced by its definition. jsonschema resolves a
-    $ref on every visit (a third of the schema check on a 1,000-entry file); the shipped schema
-    has no recursive definitions, so inlining them is exact."""
-    defs = node.get("$defs", {}) if defs is None else defs
-    if isinstance(node, dict):
-        if "$ref" in node:
-            return _inline_refs(defs[node["$ref"].rpartition("/")[2]], defs)
-        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
-    if isinstance(node, list):
-        return [_inline_refs(item, defs) for item in node]
-    return node
-
-
-def _describe(value: Any) -> str:
-    if value is None:
+def _describe(raw: Any) -> str:
+    if raw is None or isinstance(raw, BadAlias):
         return "nothing (null)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    return "a list" if isinstance(value, list) else "a mapping"
+    if isinstance(raw, RawSeq):
+        return "a list"
+    if isinstance(raw, RawMap):
+        return "a mapping"
+    if not raw.plain or raw.tag:
+        return f"the string {raw.text!r}"
+    if raw.text in ("", *_YAML_NULLS):
+        return "nothing (null)"
+    if raw.text in _YAML_TRUE + _YAML_FALSE:
+        return f"the boolean {raw.text}"
+    if _NUMBER.fullmatch(raw.text):
+        return f"the number {raw.text}"
+    return f"the string {raw.text!r}"
+
+
+def _value(doc: _Doc, raw: Any, path: Path) -> Any:
+    """``raw``, with a recursive alias reported and read as null."""
+    if isinstance(raw, BadAlias):
+        doc.issue(path, "invalid YAML: an alias refers to a node that contains it")
+        return None
+    return raw
+
+
+def _tag_ok(doc: _Doc, raw: Any, path: Path) -> bool:
+    """Only !!str (or the non-specific !) may tag a scalar: it reads the same as no tag. Slurm
+    converts !!int, !!float, !!bool and !!null values its own way (!!int 010 is 10 there, 8 in
+    YAML 1.1), and ignores any other tag."""
+    tag = raw.tag
+    if tag is None or tag in ("!", _TAG + "str"):
+        return True
+    short = "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
+    if tag in (_TAG + name for name in ("int", "float", "bool", "null")):
+        message = (
+            f"unsupported tag {short!r}: write the value without a tag (Slurm converts tagged "
+            "values its own way: !!int 010 is 10 in Slurm, 8 in YAML 1.1)"
+        )
+    else:
+        message = f"invalid YAML: unsupported tag {short!r}"
+    doc.issue(path, message, at=raw.at)
+    return False
+
+
+def _collection_tag(doc: _Doc, raw: Any, path: Path) -> None:
+    if raw.tag not in (None, "!", _TAG + "map", _TAG + "seq"):
+        short = "!!" + raw.tag[len(_TAG) :] if raw.tag.startswith(_TAG) else raw.tag
+        doc.issue(path, f"invalid YAML: unsupported tag {short!r}", at=raw.at)
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -316,70 +465,156 @@ def _unknown_key(path: Path, key: str, allowed: Iterable[str]) -> str:
     return f"unknown key '{key}'{_did_you_mean(key, allowed)}"
 
 
-def _schema_issues(doc: _Doc, data: Any) -> None:
-    for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.path))):
-        _schema_issue(doc, error)
+def _read_map(doc: _Doc, raw: Any, path: Path, table: tuple) -> Any:
+    raw = _value(doc, raw, path)
+    if not isinstance(raw, RawMap):
+        doc.issue(path, f"expected a mapping, got {_describe(raw)}")
+        return _BAD
+    _collection_tag(doc, raw, path)
+    options = {option.name: option for option in table}
+    typed: dict[str, Any] = {}
+    seen: set[str] = set()
+    for key_raw, value_raw in raw.items:
+        key_raw = _value(doc, key_raw, path)
+        if not isinstance(key_raw, Scalar):
+            doc.issue(path, f"a key must be text, got {_describe(key_raw)}", at=_raw_at(key_raw))
+            continue
+        key, where = key_raw.text, (*path, key_raw.text)
+        if key in seen:
+            doc.issue(where, "duplicate key", at=key_raw.at)
+            continue
+        seen.add(key)
+        doc.marks[where] = key_raw.at
+        if key not in options:
+            doc.issue(where, _unknown_key(path, key, options))
+            continue
+        value = _READERS[options[key].kind](doc, value_raw, where)
+        if value is _BAD:
+            doc.bad.add(where)
+        else:
+            typed[key] = value
+    for option in table:
+        if option.required and option.name not in seen:
+            doc.issue(path, f"missing required key '{option.name}'")
+    return typed
 
 
-def _fitting_branch(error: Any) -> Optional[list]:
-    """For a failed oneOf, the errors of the one branch whose type fits the value (a list of
-    flags with a number in it is a list problem, not "neither a list nor a string")."""
-    branches: dict[Any, list] = {}
-    for sub in error.context:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-    fitting = [
-        errors
-        for errors in branches.values()
-        if not any(e.validator == "type" and not e.relative_path for e in errors)
-    ]
-    return fitting[0] if len(fitting) == 1 else None
+def _raw_at(raw: Any) -> Optional[At]:
+    return getattr(raw, "at", None)
 
 
-def _schema_issue(doc: _Doc, error: Any) -> None:
-    path = tuple(error.absolute_path)
-    kind = error.validator
-    fitting = _fitting_branch(error) if kind == "oneOf" else None
-    if kind == "additionalProperties":
-        allowed = error.schema.get("properties", {})
-        for key in error.instance:
-            if key not in allowed:
-                doc.issue((*path, key), _unknown_key(path, key, allowed))
-    elif kind == "type":
-        wanted = error.validator_value
-        wanted = [w for w in (wanted if isinstance(wanted, list) else [wanted]) if w != "null"]
+def _read_list(doc: _Doc, raw: Any, path: Path) -> Any:
+    """The items of a list, each with its position recorded; _BAD for anything else."""
+    raw = _value(doc, raw, path)
+    if not isinstance(raw, RawSeq):
+        doc.issue(path, f"expected a list, got {_describe(raw)}")
+        return _BAD
+    _collection_tag(doc, raw, path)
+    for index, item in enumerate(raw.items):
+        doc.marks[(*path, index)] = _raw_at(item) or doc.position(path)
+    return raw.items
+
+
+def _read_bool(doc: _Doc, raw: Any, path: Path) -> Any:
+    raw = _value(doc, raw, path)
+    wanted = "expected a boolean (true or false)"
+    if not isinstance(raw, Scalar):
+        doc.issue(path, f"{wanted}, got {_describe(raw)}")
+        return _BAD
+    if not _tag_ok(doc, raw, path):
+        return _BAD
+    plain = raw.plain and raw.tag is None
+    if plain and raw.text in _YAML_TRUE + _YAML_FALSE:
+        return raw.text in _YAML_TRUE
+    reading = "true" if slurm_bool(raw.text) else "false"
+    hint = ""
+    if raw.text.lower() in _SLURM_TRUE + _SLURM_FALSE:  # a word Slurm knows, as written here
+        hint = f" (write {reading})"
+        if not plain and raw.text in _YAML_TRUE + _YAML_FALSE:
+            hint = " (drop the tag)" if raw.tag else " (drop the quotes)"
+    doc.issue(path, f"{wanted}, got {_describe(raw)}; Slurm would read it as {reading}{hint}")
+    return _BAD
+
+
+def _read_wait(doc: _Doc, raw: Any, path: Path) -> Any:
+    raw = _value(doc, raw, path)
+    if not isinstance(raw, Scalar):
+        doc.issue(path, f"expected a whole number, got {_describe(raw)}")
+        return _BAD
+    if not _tag_ok(doc, raw, path):
+        return _BAD
+    text, stored = raw.text, slurm_uint32(raw.text)
+    if raw.plain and raw.tag is None and text.isdigit() and text.isascii():
+        value = int(text)
+        if text[0] == "0" and len(text) > 1:
+            doc.issue(
+                path,
+                f"leading zero in {text}: Slurm reads it as {value}, but a leading 0 means "
+                f"octal in YAML 1.1; write {value}",
+            )
+        elif value > cfg.MAX_WAIT:
+            effect = "Slurm refuses it too"  # beyond what strtoll can read
+            if stored is not None:
+                effect = f"Slurm would {slurm_wait(stored)} (it counts milliseconds in 32 bits)"
+            doc.issue(path, f"must be at most {cfg.MAX_WAIT}, got {text}; {effect}")
+        else:
+            return value
+        return _BAD
+    got = f"got {_describe(raw)}"
+    if stored is None:
+        doc.issue(path, f"expected a whole number, {got}; Slurm refuses it too")
+    elif text.lstrip(_C_SPACE).startswith("-") and stored == _NO_VAL:
+        doc.issue(path, f"must be 0 or more, got {text}; Slurm would {slurm_wait(stored)}")
+    elif stored > cfg.MAX_WAIT:
+        effect = f"read it as {stored} and {slurm_wait(stored)}"
+        doc.issue(path, f"expected a whole number, {got}; Slurm would {effect}")
+    else:
+        hint = f"write {stored}" if raw.plain and raw.tag is None else "drop the quotes"
+        hint = "drop the tag" if raw.tag else hint
+        doc.issue(path, f"expected a whole number, {got}; Slurm would read it as {stored} ({hint})")
+    return _BAD
+
+
+def _read_text(doc: _Doc, raw: Any, path: Path) -> Any:
+    raw = _value(doc, raw, path)
+    if not isinstance(raw, Scalar):
+        doc.issue(path, f"expected a string, got {_describe(raw)}")
+        return _BAD
+    if not _tag_ok(doc, raw, path):
+        return _BAD
+    if raw.plain and raw.tag is None and raw.text in _YAML_NULLS:
         doc.issue(
             path,
-            f"expected {' or '.join(_EXPECTED[w] for w in wanted)}, "
-            f"got {_describe(error.instance)}",
+            f"{raw.text} is not null here: Slurm reads it as the text {raw.text!r}; for no "
+            "value, leave the key out",
         )
-    elif kind == "required":
-        missing = re.search(r"'([^']+)'", error.message)
-        doc.issue(path, f"missing required key '{missing.group(1) if missing else '?'}'")
-    elif kind == "oneOf" and fitting:
-        for sub in fitting:
-            _schema_issue(doc, sub)
-    elif kind == "oneOf":
-        key = next((p for p in reversed(path) if isinstance(p, str)), "")
-        doc.issue(path, f"{_ONE_OF.get(key, 'wrong type')}, got {_describe(error.instance)}")
-    elif kind in ("minLength", "minItems"):
-        doc.issue(path, "must not be empty")
-    elif kind == "minimum":
-        doc.issue(path, f"must be 0 or more, got {error.instance}")
-    elif kind == "maximum":
-        doc.issue(path, f"must be at most {error.validator_value}, got {error.instance}")
-    else:  # pragma: no cover - every keyword the schema uses is handled above
-        doc.issue(path, error.message)
+        return _BAD
+    return raw.text
 
 
-# ---------------------------------------------------------------------------------------------
-# Semantic rules
+def _read_texts(doc: _Doc, raw: Any, path: Path, kind: str) -> Any:
+    """A text, or a list of texts (clone_ns_flags, nodes)."""
+    raw = _value(doc, raw, path)
+    if isinstance(raw, Scalar):
+        return _read_text(doc, raw, path)
+    if not isinstance(raw, RawSeq):
+        doc.issue(path, f"{_ONE_OF[kind]}, got {_describe(raw)}")
+        return _BAD
+    items = [_read_text(doc, item, (*path, i)) for i, item in enumerate(_read_list(doc, raw, path))]
+    return _BAD if _BAD in items else items
 
 
-def _absolute(doc: _Doc, path: Path, value: Any, what: str) -> bool:
-    if isinstance(value, str) and value and not value.startswith("/"):
+# Value rules (each runs only on a value that was read as the right kind)
+
+
+def _absolute(doc: _Doc, path: Path, value: str, what: str) -> bool:
+    if value and not value.startswith("/"):
         doc.issue(path, f"{what} must be an absolute path, got {value!r}")
         return False
-    return isinstance(value, str) and bool(value)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        doc.issue(path, f"{what} may not contain a control character")
+        return False
+    return bool(value)
 
 
 def _check_escapes(doc: _Doc, path: Path, value: str, allowed: str, what: str) -> None:
@@ -395,163 +630,247 @@ def _check_escapes(doc: _Doc, path: Path, value: str, allowed: str, what: str) -
             doc.issue(path, f"{problem} {what} (nsctl expands {escapes})")
 
 
-def _check_base_path(doc: _Doc, path: Path, value: Any) -> None:
-    if not isinstance(value, str):
-        return
-    if value.lower() == "none":
-        return
+def _read_base_path(doc: _Doc, raw: Any, path: Path) -> Any:
+    value = _read_text(doc, raw, path)
+    if value is _BAD or not value or value.lower() == "none":
+        return value
     if value[:4].lower() == "none":
         doc.issue(
             path,
             f"base_path {value!r} is neither 'none' nor an absolute path (Slurm would treat "
             "anything starting with 'none' as none and silently disable the plugin)",
         )
-        return
-    if _absolute(doc, path, value, "base_path"):
+    elif _absolute(doc, path, value, "base_path"):
         _check_escapes(doc, path, value, "hn", "base_path")
+    return value
 
 
-def _check_flags(doc: _Doc, path: Path, value: Any, node_level: bool) -> None:
-    if not isinstance(value, (str, list)):
-        return
-    tokens = cfg.flag_tokens(value) if isinstance(value, str) else value
-    for index, token in enumerate(tokens):
-        where = (*path, index) if isinstance(value, list) else path
-        if not isinstance(token, str):
-            continue
-        if token.strip().upper() not in cfg.CLONE_FLAGS:
-            hint = _did_you_mean(token.strip().upper(), cfg.CLONE_FLAGS)
-            doc.issue(
-                where,
-                f"unknown namespace flag {token!r}{hint}; nsctl knows "
-                + ", ".join(cfg.CLONE_FLAGS),
-            )
-    if node_level and not cfg.flag_tokens(value):
-        doc.issue(
-            path,
-            "an empty clone_ns_flags does not clear the defaults' flags (Slurm only overrides "
-            "with a non-empty value); write [CLONE_NEWNS] to drop PID and user namespaces",
-            "warning",
-        )
+def _read_script(doc: _Doc, raw: Any, path: Path) -> Any:
+    value = _read_text(doc, raw, path)
+    if value is not _BAD:
+        _absolute(doc, path, value, str(path[-1]))
+    return value
 
 
-def _check_options_string(doc: _Doc, path: Path, options: str, tmpfs: bool) -> None:
-    for token in cfg.split_csv(options):
-        if not token:
-            doc.issue(path, "empty mount option (two commas in a row?)")
-            continue
-        if token.lower() in cfg.MOUNT_FLAGS:
-            continue
-        key, eq, value = token.partition("=")
-        if key not in cfg.TMPFS_DATA_KEYS or not eq:
-            known = cfg.MOUNT_FLAGS + tuple(f"{k}=" for k in cfg.TMPFS_DATA_KEYS)
-            doc.issue(path, f"unknown mount option {token!r}{_did_you_mean(token, known)}")
-        elif not tmpfs:
-            doc.issue(path, f"{token!r} is a tmpfs option; it has no effect on a bind mount")
-        elif not _DATA_VALUE[key].match(value):
-            doc.issue(path, f"bad value for {key}= in {token!r}")
-
-
-def _check_dir_path(doc: _Doc, path: Path, value: Any, escapes: str) -> None:
-    if not _absolute(doc, path, value, "directory"):
+def _check_dir_path(doc: _Doc, path: Path, value: str) -> None:
+    if not value.startswith("/"):
+        doc.issue(path, f"directory must be an absolute path, got {value!r}")
         return
     if "\\" in value:
         doc.issue(path, "backslash in a directory path (Slurm would drop it and skip expansion)")
     if "," in value or any(ord(c) < 0x20 or c == "\x7f" for c in value):
         doc.issue(path, "a directory path may not contain a comma or a control character")
-    _check_escapes(doc, path, value, escapes, "a directory path")
+    _check_escapes(doc, path, value, "jSu%", "a directory path")
 
 
-def _check_options(doc: _Doc, path: Path, options: Any, defaults: Any) -> None:
-    if not isinstance(options, dict):
-        return
-    node_level = path != ("defaults",)
-    if "base_path" in options:
-        _check_base_path(doc, (*path, "base_path"), options["base_path"])
-    for key in ("clone_ns_script", "clone_ns_epilog", "init_script", "user_ns_script"):
-        if key in options:
-            _absolute(doc, (*path, key), options[key], key)
-    if "clone_ns_flags" in options:
-        _check_flags(doc, (*path, "clone_ns_flags"), options["clone_ns_flags"], node_level)
-    if isinstance(options.get("dirs"), str):
-        where = (*path, "dirs")
-        for token in options["dirs"].split(","):
-            if not token:
-                doc.issue(where, "empty entry in dirs (a stray comma?)")
-            elif token != token.strip():
-                doc.issue(where, f"whitespace around {token.strip()!r} in dirs (Slurm keeps it)")
-            else:
-                _check_dir_path(doc, where, token, "jSu%")
-        if "dir_confs" in options:
-            doc.issue(where, "dirs is ignored because dir_confs is set", "warning")
-        elif node_level and isinstance(defaults, dict) and "dir_confs" in defaults:
+def _read_dirs(doc: _Doc, raw: Any, path: Path) -> Any:
+    if isinstance(raw, RawSeq):
+        doc.issue(path, "dirs is a comma-separated string; did you mean dir_confs?")
+        return _BAD
+    value = _read_text(doc, raw, path)
+    if value is _BAD or not value:
+        return value
+    for token in value.split(","):
+        if not token:
+            doc.issue(path, "empty entry in dirs (a stray comma?)")
+        elif token != token.strip():
+            doc.issue(path, f"whitespace around {token.strip()!r} in dirs (Slurm keeps it)")
+        else:
+            _check_dir_path(doc, path, token)
+    return value
+
+
+def _read_flags(doc: _Doc, raw: Any, path: Path) -> Any:
+    value = _read_texts(doc, raw, path, cfg.FLAGS)
+    if value is _BAD:
+        return value
+    listed = isinstance(value, list)
+    tokens = value if listed else value.split(",")
+    if value in ("", []):
+        tokens = []
+        if path[0] == "node_confs":
             doc.issue(
-                where,
-                "dirs is ignored on these nodes because defaults sets dir_confs, which takes "
-                "precedence; set dir_confs here instead",
+                path,
+                "an empty clone_ns_flags does not clear the defaults' flags (Slurm only "
+                "overrides with a non-empty value); write [CLONE_NEWNS] to drop PID and user "
+                "namespaces",
                 "warning",
             )
-    for index, entry in enumerate(options.get("dir_confs") or []):
-        if not isinstance(entry, dict):
+    for index, token in enumerate(tokens):
+        where = (*path, index) if listed else path
+        if not token.strip():
+            doc.issue(where, "empty entry in clone_ns_flags (a stray comma?)")
+        elif token.strip().upper() not in cfg.CLONE_FLAGS:
+            shown = token if listed else token.strip()
+            hint = _did_you_mean(token.strip().upper(), cfg.CLONE_FLAGS)
+            doc.issue(
+                where,
+                f"unknown namespace flag {shown!r}{hint}; nsctl knows "
+                + ", ".join(cfg.CLONE_FLAGS),
+            )
+    return value
+
+
+def _read_hostlist(doc: _Doc, raw: Any, path: Path) -> Any:
+    value = _read_texts(doc, raw, path, cfg.HOSTLIST)
+    if value is _BAD:
+        return value
+    listed = isinstance(value, list)
+    if value in ("", []):
+        doc.issue(path, "must not be empty")
+        return value
+    for index, item in enumerate(value if listed else [value]):
+        where = (*path, index) if listed else path
+        if not item:
+            doc.issue(where, "must not be empty")
+        elif any(c in item for c in " \t\n"):
+            doc.issue(
+                where,
+                f"whitespace in hostlist {item!r}: Slurm splits a hostlist at spaces as at "
+                "commas; separate the names with commas only",
+            )
+        else:
+            try:
+                hostlist.expand_hostlist(item)
+            except hostlist.BadHostlist as exc:
+                doc.issue(where, f"bad hostlist {item!r}: {exc}")
+    return value
+
+
+def _read_dir_path(doc: _Doc, raw: Any, path: Path) -> Any:
+    value = _read_text(doc, raw, path)
+    if value == "":
+        doc.issue(path, "must not be empty")
+    elif value is not _BAD:
+        _check_dir_path(doc, path, value)
+    return value
+
+
+def _read_dir_base(doc: _Doc, raw: Any, path: Path) -> Any:
+    value = _read_text(doc, raw, path)
+    if value == "":
+        doc.issue(path, "must not be empty")
+    elif value is not _BAD and _absolute(doc, path, value, "base_path"):
+        _check_escapes(doc, path, value, "hn", "base_path")
+    return value
+
+
+def _read_mount_options(doc: _Doc, raw: Any, path: Path) -> Any:
+    return _read_text(doc, raw, path)  # checked with its entry, which says whether it is a tmpfs
+
+
+def _check_mount_options(doc: _Doc, path: Path, options: str, tmpfs: bool) -> None:
+    for token in options.split(",") if options else []:
+        word = token.strip()
+        if not word:
+            doc.issue(path, "empty mount option (two commas in a row?)")
             continue
-        where = (*path, "dir_confs", index)
-        if "path" in entry:
-            _check_dir_path(doc, (*where, "path"), entry["path"], "jSu%")
+        if token != word:
+            lead, trail = token[0].isspace(), token[-1].isspace()
+            side = "around" if lead and trail else ("before" if lead else "after")
+            flag = word.lower()
+            if flag in cfg.MOUNT_FLAGS:
+                effect = (
+                    f"Slurm reads {token!r} as tmpfs data, not as the {flag} flag (a bind mount "
+                    f"then goes without {flag}, a tmpfs mount fails)"
+                )
+            else:
+                effect = (
+                    f"Slurm passes {token!r} to the mount as written (a tmpfs mount fails on "
+                    "it, a bind mount ignores it)"
+                )
+            doc.issue(path, f"space {side} {word!r}: {effect}; remove the space")
+            continue
+        if word.lower() in cfg.MOUNT_FLAGS:
+            continue
+        key, eq, value = word.partition("=")
+        if key not in cfg.TMPFS_DATA_KEYS or not eq:
+            known = cfg.MOUNT_FLAGS + tuple(f"{k}=" for k in cfg.TMPFS_DATA_KEYS)
+            doc.issue(path, f"unknown mount option {word!r}{_did_you_mean(word, known)}")
+        elif not tmpfs:
+            doc.issue(path, f"{word!r} is a tmpfs option; it has no effect on a bind mount")
+        elif not _DATA_VALUE[key].match(value):
+            doc.issue(path, f"bad value for {key}= in {word!r}")
+
+
+def _read_dir_confs(doc: _Doc, raw: Any, path: Path) -> Any:
+    items = _read_list(doc, raw, path)
+    if items is _BAD:
+        return _BAD
+    entries: list[Any] = []
+    for index, item in enumerate(items):
+        where = (*path, index)
+        entry = _read_map(doc, item, where, cfg.DIR_CONF_OPTIONS)
+        if entry is _BAD:
+            entries.append(None)  # keeps the indices of the others those of the file
+            continue
+        entries.append(entry)
+        dir_path = entry.get("path")
         tmpfs = entry.get("tmpfs") is True or (
-            isinstance(entry.get("path"), str) and cfg.normalise_dir(entry["path"]) == cfg.DEV_SHM
+            isinstance(dir_path, str) and cfg.normalise_dir(dir_path) == cfg.DEV_SHM
         )
-        if isinstance(entry.get("options"), str):
-            _check_options_string(doc, (*where, "options"), entry["options"], tmpfs)
-        if "base_path" in entry and _absolute(
-            doc, (*where, "base_path"), entry["base_path"], "base_path"
-        ):
-            _check_escapes(doc, (*where, "base_path"), entry["base_path"], "hn", "base_path")
-            if tmpfs:
-                doc.issue((*where, "base_path"), "base_path is ignored for tmpfs", "warning")
+        if "options" in entry:
+            _check_mount_options(doc, (*where, "options"), entry["options"], tmpfs)
+        if tmpfs and str(entry.get("base_path", "")).startswith("/"):
+            doc.issue((*where, "base_path"), "base_path is ignored for tmpfs", "warning")
+    return entries
 
 
-@dataclass(frozen=True)
-class _Dir:
-    path: str
-    where: Path
-    tmpfs: bool
-    base: Optional[str]
-    builtin: bool = False  # from the built-in /tmp,/dev/shm: nothing in the file to point at
+def _read_option_map(doc: _Doc, raw: Any, path: Path) -> Any:
+    return _read_map(doc, raw, path, cfg.OPTIONS)
 
 
-def _effective(defaults: dict, options: dict, prefix: Path) -> tuple[Any, Path, list[_Dir]]:
-    """The base_path and dir list one entry ends up with (where each came from, for messages)."""
-    base, base_where = defaults.get("base_path"), ("defaults", "base_path")
-    if options.get("base_path"):
-        base, base_where = options["base_path"], (*prefix, "base_path")
-    source, where, dir_confs = defaults, ("defaults",), None
-    if "dir_confs" in options:
-        dir_confs, where = options["dir_confs"], prefix
-    elif "dir_confs" in defaults:
-        dir_confs = defaults["dir_confs"]
-    if dir_confs is None:
-        source, where = (options, prefix) if options.get("dirs") else (defaults, ("defaults",))
-        text = source.get("dirs") or cfg.DEFAULT_DIRS
-        builtin = not source.get("dirs")
-        dirs = [_Dir(p, (*where, "dirs"), p == cfg.DEV_SHM, None, builtin) for p in text.split(",")]
-    else:
-        dirs = []
-        for index, entry in enumerate(dir_confs or []):
-            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-                continue
-            path = entry["path"]
-            tmpfs = entry.get("tmpfs") is True or cfg.normalise_dir(path) == cfg.DEV_SHM
-            dbase = entry.get("base_path") if isinstance(entry.get("base_path"), str) else None
-            dirs.append(_Dir(path, (*where, "dir_confs", index, "path"), tmpfs, dbase))
-    return base, base_where, [d for d in dirs if d.path.startswith("/")]
+def _read_node_list(doc: _Doc, raw: Any, path: Path) -> Any:
+    items = _read_list(doc, raw, path)
+    if items is _BAD:
+        return _BAD
+    entries = [
+        _read_map(doc, item, (*path, i), cfg.NODE_CONF_OPTIONS) for i, item in enumerate(items)
+    ]
+    return [None if entry is _BAD else entry for entry in entries]
 
 
-def _check_layout(doc: _Doc, defaults: dict, options: dict, prefix: Path) -> None:
-    """Overlaps and collisions for the configuration one entry resolves to."""
-    base, base_where, dirs = _effective(defaults, options, prefix)
-    seen: dict[str, _Dir] = {}
-    backing: dict[tuple[Optional[str], str], _Dir] = {}
-    for d in dirs:
+_READERS = {
+    cfg.BOOL: _read_bool,
+    cfg.WAIT: _read_wait,
+    cfg.BASE_PATH: _read_base_path,
+    cfg.SCRIPT: _read_script,
+    cfg.FLAGS: _read_flags,
+    cfg.DIRS: _read_dirs,
+    cfg.DIR_CONFS: _read_dir_confs,
+    cfg.DIR_PATH: _read_dir_path,
+    cfg.DIR_BASE: _read_dir_base,
+    cfg.MOUNT_OPTIONS: _read_mount_options,
+    cfg.HOSTLIST: _read_hostlist,
+    cfg.OPTION_MAP: _read_option_map,
+    cfg.NODE_LIST: _read_node_list,
+}
+
+
+def _read_document(doc: _Doc, root: Any) -> Any:
+    if isinstance(root, Scalar) and root.plain and not root.tag and not root.text:
+        return None  # a lone "---": an empty document, like an empty file
+    doc.marks[()] = _raw_at(root) or (1, 1)
+    data = _read_map(doc, root, (), cfg.TOP_OPTIONS)
+    return None if data is _BAD else data
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules on what each entry merges to (config.merge: the same code resolve runs)
+
+
+_LAYOUT_KEYS = ("base_path", "dirs", "dir_confs")
+
+
+def _check_layout(doc: _Doc, merged: dict[str, cfg.Setting]) -> None:
+    """Overlaps and collisions among the directories one entry resolves to."""
+    specs = [spec for spec in cfg.dir_specs(merged)[0] if spec.path.startswith("/")]
+    setting = merged.get("base_path")
+    base = setting.value if setting and isinstance(setting.value, str) else None
+    base_where = setting.path if setting else ("defaults", "base_path")
+    seen: dict[str, cfg.DirSpec] = {}
+    backing: dict[tuple[Optional[str], str], cfg.DirSpec] = {}
+    for d in specs:
         norm = cfg.normalise_dir(d.path)
         if norm in seen:
             doc.issue(
@@ -559,8 +878,16 @@ def _check_layout(doc: _Doc, defaults: dict, options: dict, prefix: Path) -> Non
             )
             continue
         seen[norm] = d
-        if isinstance(base, str) and base.startswith("/"):
-            if cfg.is_under(d.path, base) and d.builtin:
+        if norm == cfg.DEV_SHM and d.path != cfg.DEV_SHM:
+            doc.issue(
+                d.where,
+                f"{d.path!r} is a tmpfs here because nsctl ignores trailing slashes; Slurm "
+                f"makes only the exact {cfg.DEV_SHM!r} a tmpfs and would bind-mount it: write "
+                f"{cfg.DEV_SHM}",
+                "warning",
+            )
+        if base and base.startswith("/"):
+            if cfg.is_under(d.path, base) and not d.where:
                 doc.issue(
                     base_where,
                     f"the private directory {d.path!r} is at or under base_path {base!r} "
@@ -575,7 +902,7 @@ def _check_layout(doc: _Doc, defaults: dict, options: dict, prefix: Path) -> Non
                     "own mount would hide it",
                 )
         if not d.tmpfs:
-            key = (d.base and cfg.normalise_dir(d.base), cfg.backing_name(norm))
+            key = (d.base_path and cfg.normalise_dir(d.base_path), cfg.backing_name(norm))
             if key in backing:
                 doc.issue(
                     d.where,
@@ -583,63 +910,80 @@ def _check_layout(doc: _Doc, defaults: dict, options: dict, prefix: Path) -> Non
                     f"directory {key[1]!r}",
                 )
             backing.setdefault(key, d)
-    for d in dirs:
-        if d.base and not d.tmpfs and d.base.startswith("/"):
-            for other in dirs:
-                if cfg.is_under(d.base, other.path):
+    for d in specs:
+        if d.base_path and d.base_path.startswith("/"):
+            for other in specs:
+                if cfg.is_under(d.base_path, other.path):
                     doc.issue(
                         (*d.where[:-1], "base_path"),
-                        f"base_path {d.base!r} is under the private directory {other.path!r}",
+                        f"base_path {d.base_path!r} is under the private directory {other.path!r}",
                     )
 
 
-def _semantic_issues(doc: _Doc, data: Any) -> None:
-    if not isinstance(data, dict):
-        return
+def _check_overrides(doc: _Doc, defaults: dict, options: dict, prefix: Path) -> None:
+    """Node-level settings that Slurm's merge would ignore, each a warning."""
+    for option in cfg.OPTIONS:
+        value = options.get(option.name)
+        if option.kind in (cfg.BASE_PATH, cfg.SCRIPT, cfg.DIRS) and value == "":
+            kept = defaults.get(option.name) or (option.default if option.kind == cfg.DIRS else "")
+            rule = "(Slurm only overrides with a non-empty value)"
+            message = f"an empty {option.name} has no effect {rule}; leave it out"
+            if kept:
+                message = (
+                    f"an empty {option.name} does not override the defaults {rule}: "
+                    f"{option.name} stays {kept!r} on these nodes"
+                )
+            doc.issue((*prefix, option.name), message, "warning")
+    if options.get("dirs"):
+        if "dir_confs" in options:
+            doc.issue((*prefix, "dirs"), "dirs is ignored because dir_confs is set", "warning")
+        elif "dir_confs" in defaults:
+            doc.issue(
+                (*prefix, "dirs"),
+                "dirs is ignored on these nodes because defaults sets dir_confs, which takes "
+                "precedence; set dir_confs here instead",
+                "warning",
+            )
+
+
+def _entry_checks(doc: _Doc, data: dict) -> None:
     defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
-    _check_options(doc, ("defaults",), data.get("defaults"), defaults)
     entries = data.get("node_confs") if isinstance(data.get("node_confs"), list) else []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            continue
-        _check_hostlist(doc, ("node_confs", index, "nodes"), entry.get("nodes"))
-        _check_options(doc, ("node_confs", index, "options"), entry.get("options"), defaults)
     before = len(doc.issues)
-    if defaults.get("base_path") or defaults.get("dir_confs") or defaults.get("dirs"):
-        _check_layout(doc, defaults, {}, ("defaults",))
+    if defaults.get("dirs") and "dir_confs" in defaults:
+        doc.issue(("defaults", "dirs"), "dirs is ignored because dir_confs is set", "warning")
+    bad_defaults = any(("defaults", key) in doc.bad for key in _LAYOUT_KEYS)
+    typed = {"defaults": defaults, "node_confs": entries}
+    if not bad_defaults:
+        _check_layout(doc, cfg.merge(typed, None))
     for index, entry in enumerate(entries):
-        if isinstance(entry, dict) and isinstance(entry.get("options"), dict):
-            _check_layout(doc, defaults, entry["options"], ("node_confs", index, "options"))
-    # An error in defaults shows up once per entry that inherits it: report each once.
-    unique = list(dict.fromkeys(doc.issues[before:]))
-    doc.issues[before:] = unique
-
-
-def _check_hostlist(doc: _Doc, path: Path, nodes: Any) -> None:
-    items = nodes if isinstance(nodes, list) else [nodes]
-    for index, item in enumerate(items):
-        if not isinstance(item, str) or not item:
+        if not isinstance(entry, dict) or not isinstance(entry.get("options"), dict):
             continue
-        try:
-            hostlist.expand_hostlist(item)
-        except hostlist.BadHostlist as exc:
-            where = (*path, index) if isinstance(nodes, list) else path
-            doc.issue(where, f"bad hostlist {item!r}: {exc}")
+        prefix = ("node_confs", index, "options")
+        _check_overrides(doc, defaults, entry["options"], prefix)
+        if not bad_defaults and not any((*prefix, key) in doc.bad for key in _LAYOUT_KEYS):
+            _check_layout(doc, cfg.merge(typed, index))
+    # An error in defaults shows up once per entry that inherits it: report each once.
+    doc.issues[before:] = list(dict.fromkeys(doc.issues[before:]))
 
 
 # ---------------------------------------------------------------------------------------------
 # Entry points
 
 
+def schema() -> dict[str, Any]:
+    """The JSON Schema shipped for editors (tests/test_schema.py holds it to the option table)."""
+    return json.loads(resources.files("nsctl.schema").joinpath("namespace.schema.json").read_text())
+
+
 def check_text(text: str, file: str) -> Checked:
     """Validate a namespace.yaml text completely; never raises for bad input."""
-    data, issues, marks = parse(text, file)
-    if issues and data is None:
-        return Checked(file, None, tuple(issues))
+    root, issues = parse(text, file)
     doc = _Doc(file)
-    doc.marks, doc.issues = marks, list(issues)
-    _schema_issues(doc, data)
-    _semantic_issues(doc, data)
+    doc.issues = list(issues)
+    data = None if root is None else _read_document(doc, root)
+    if isinstance(data, dict):
+        _entry_checks(doc, data)
     ordered = sorted(doc.issues, key=lambda i: (i.line, i.column, i.severity != "error"))
     return Checked(file, data, tuple(dict.fromkeys(ordered)))
 

@@ -20,17 +20,21 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "namespace.y
 
 
 def example() -> Any:
-    with open(EXAMPLE, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    checked = checker.check_file(EXAMPLE)
+    assert checked.valid
+    return checked.data
 
 
 def doc(text: str, *, valid: bool = True) -> Any:
-    """Parse a YAML document; by default insist that it validates, since resolve() trusts that."""
+    """The typed document validate builds, which is what resolve() takes; with valid=False, a
+    document validate refuses, as PyYAML reads it (None for a null), to show that resolve still
+    follows Slurm's merge for what Slurm would accept."""
     text = textwrap.dedent(text)
-    if valid:
-        checked = checker.check_text(text, "ns.yaml")
-        assert checked.valid, [str(i) for i in checked.errors]
-    return yaml.safe_load(text)
+    if not valid:
+        return yaml.safe_load(text)
+    checked = checker.check_text(text, "ns.yaml")
+    assert checked.valid, [str(i) for i in checked.errors]
+    return checked.data
 
 
 def resolve(text: str, node: str = "n1", hostname: Optional[str] = None, **kw) -> NodeConfig:
@@ -169,7 +173,9 @@ def test_nodes_may_be_a_list_of_hostlist_strings():
 
 
 def test_strings_override_only_when_non_empty():
-    """Slurm: a node cannot clear a default script with "" (the validator rejects "" anyway)."""
+    """Slurm: a node cannot clear a default script with "" (validate warns that the default
+    stays), nor with a real null (Slurm's !!null; validate refuses it, and the plain null here,
+    which Slurm would read as the text 'null')."""
     resolved = resolve(
         """
         defaults:
@@ -225,8 +231,8 @@ def test_bools_and_ints_override_whenever_the_key_is_present():
 
 
 def test_null_bool_and_wait_at_node_level_still_override():
-    """Slurm: key present with null -> false / 0 (= 10). The validator refuses null, the
-    resolver still follows Slurm for it."""
+    """Slurm: key present with a real null (!!null) -> false / 0 (= 10). validate refuses any
+    null there, the resolver still follows Slurm for it."""
     resolved = resolve(
         """
         defaults: {base_path: /var/ns, shared: true, clone_ns_epilog_wait: 50}
@@ -657,6 +663,138 @@ def test_option_key_tables_match_the_schema():
     assert set(schema["$defs"]["dir_conf"]["properties"]) == set(config.DIR_CONF_KEYS)
     assert set(schema["$defs"]["node_conf"]["properties"]) == set(config.NODE_CONF_KEYS)
     assert set(schema["properties"]) == set(config.TOP_KEYS)
+
+
+# ---------------------------------------------------------------------------------------------
+# the option table, and the merge that resolve and validate share
+
+
+def test_every_option_but_dirs_is_a_resolved_field_in_table_order():
+    """A new key is one row of OPTIONS plus its NodeConfig field; show-config prints them in
+    table order, after node, entry and enabled."""
+    fields = [f for f in NodeConfig._fields if f not in ("node", "entry", "enabled")]
+    fields = [f for f in fields if f not in ("disabled_reason", "origins")]
+    assert fields == list(config.RESOLVED_KEYS)
+    assert tuple(k for k in config.OPTION_KEYS if k != "dirs") == config.RESOLVED_KEYS
+    assert list(config.to_dict(resolve("defaults: {base_path: /x}")))[3:] == fields
+    for option in config.OPTIONS:
+        assert option.kind in config.MERGE_RULE, option
+    assert config.STRING_KEYS == (
+        "base_path",
+        "clone_ns_script",
+        "clone_ns_epilog",
+        "init_script",
+        "user_ns_script",
+        "dirs",
+    )
+    assert config.BOOL_KEYS == ("auto_base_path", "shared", "disable_bpf_token")
+    assert config.WAIT_KEYS == ("clone_ns_script_wait", "clone_ns_epilog_wait")
+
+
+def test_built_in_defaults_come_from_the_table():
+    resolved = resolve("defaults: {base_path: /x}")
+    for option in config.OPTIONS:
+        if option.kind in (config.BOOL, config.WAIT):
+            assert getattr(resolved, option.name) == option.default, option
+        if option.kind == config.SCRIPT:
+            assert getattr(resolved, option.name) is None, option
+        if option.name != "base_path" and option.name in resolved.origins:
+            assert resolved.origins[option.name] == BUILTIN, option
+
+
+def test_merge_records_the_key_path_of_every_value():
+    data = doc(
+        """
+        defaults: {base_path: /v, shared: true, dirs: /a}
+        node_confs:
+          - {nodes: n1, options: {shared: false, init_script: /i}}
+        """
+    )
+    assert config.merge(data, 0) == {
+        "base_path": config.Setting("/v", ("defaults", "base_path")),
+        "shared": config.Setting(False, ("node_confs", 0, "options", "shared")),
+        "dirs": config.Setting("/a", ("defaults", "dirs")),
+        "init_script": config.Setting("/i", ("node_confs", 0, "options", "init_script")),
+    }
+    assert config.merge(data, None)["shared"] == config.Setting(True, ("defaults", "shared"))
+    assert config.merge(data, 0)["shared"].origin == "node_confs[0]"
+    assert config.merge(data, None)["shared"].origin == "defaults"
+    assert config.Setting(10).origin == BUILTIN
+    assert config.merge(None, None) == {}
+
+
+@pytest.mark.parametrize(
+    ("node_flags", "expected"),
+    [
+        ("''", ("CLONE_NEWNS", "CLONE_NEWPID")),  # empty: the defaults' flags stay
+        ("[]", ("CLONE_NEWNS", "CLONE_NEWPID")),
+        ("' '", ("CLONE_NEWNS",)),  # not empty to Slurm: it overrides, with no flag in it
+        ("','", ("CLONE_NEWNS",)),
+        ("[CLONE_NEWUSER]", ("CLONE_NEWNS", "CLONE_NEWUSER")),
+    ],
+)
+def test_e4_flags_override_whenever_slurm_sees_a_non_empty_text(node_flags, expected):
+    """Slurm joins a flag list with commas and overrides when that text is not empty."""
+    data = yaml.safe_load(
+        "defaults: {base_path: /x, clone_ns_flags: [CLONE_NEWPID]}\n"
+        f"node_confs: [{{nodes: n1, options: {{clone_ns_flags: {node_flags}}}}}]\n"
+    )
+    assert config.resolve(data, "n1").clone_ns_flags == expected
+    assert config.slurm_text(["a", "b"]) == "a,b"
+    assert config.slurm_text(None) == ""
+
+
+@pytest.mark.parametrize("base", ["nonexistent", "None/x", "NONE_at_all"])
+def test_e20_resolve_disables_for_any_base_path_starting_with_none(base):
+    """Slurm's test is a 4-character prefix; validate refuses these, resolve follows Slurm."""
+    resolved = config.resolve({"defaults": {"base_path": base}}, "n1")
+    assert not resolved.enabled
+    assert resolved.disabled_reason == "base_path is none (defaults)"
+    assert config.resolve({"defaults": {"base_path": "/none"}}, "n1").enabled
+
+
+def test_dir_specs_carry_where_each_directory_is_written():
+    data = doc(
+        """
+        defaults:
+          base_path: /v
+          dirs: /a,/dev/shm/
+        node_confs:
+          - nodes: n1
+            options:
+              dir_confs:
+                - {path: /s, base_path: /d, options: noexec}
+                - {path: /t, tmpfs: true, base_path: /ignored}
+        """
+    )
+    specs, source = config.dir_specs(config.merge(data, None))
+    assert specs == [
+        config.DirSpec("/a", False, "", None, ("defaults", "dirs")),
+        config.DirSpec("/dev/shm/", True, "", None, ("defaults", "dirs")),
+    ]
+    assert source.origin == "defaults"
+    specs, source = config.dir_specs(config.merge(data, 0))
+    where = ("node_confs", 0, "options", "dir_confs")
+    assert specs == [
+        config.DirSpec("/s", False, "noexec", "/d", (*where, 0, "path")),
+        config.DirSpec("/t", True, "", None, (*where, 1, "path")),
+    ]
+    assert source.path == where
+    specs, source = config.dir_specs({})
+    assert [s.path for s in specs] == ["/tmp", "/dev/shm"] and specs[0].where == ()
+    assert source.origin == BUILTIN
+
+
+def test_dirs_are_split_like_slurm_skipping_empty_entries():
+    """Slurm splits dirs with strtok: empty entries vanish (validate refuses them anyway)."""
+    resolved = config.resolve({"defaults": {"base_path": "/v", "dirs": ",/a,,/b,"}}, "n1")
+    assert paths(resolved) == [("/a", False), ("/b", False)]
+
+
+def test_dev_shm_with_a_trailing_slash_is_a_tmpfs_in_resolve_and_in_dir_specs():
+    """One rule in one place: /dev/shm/ is /dev/shm (validate warns that Slurm differs)."""
+    resolved = config.resolve({"defaults": {"base_path": "/v", "dirs": "/dev/shm/,/dev_shm"}}, "n")
+    assert paths(resolved) == [("/dev/shm", True), ("/dev_shm", False)]
 
 
 # ---------------------------------------------------------------------------------------------

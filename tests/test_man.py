@@ -498,3 +498,82 @@ def test_differences_from_slurm_cover_both_kinds(namespace5):
     subsections = split(namespace5["DIFFERENCES FROM SLURM"], ".SS")
     assert len(items(subsections["Stricter checks"])) >= 15
     assert len(items(subsections["Different behaviour"])) >= 15
+
+
+def _value_rows(namespace5) -> list[list[str]]:
+    """The rows of the table in HOW VALUES ARE READ, as plain text, without the header."""
+    lines = namespace5["HOW VALUES ARE READ"]
+    block = lines[lines.index(".TS") + 1 : lines.index(".TE")]
+    block = block[next(i for i, line in enumerate(block) if line.endswith(".")) + 1 :]
+    rows = [plain(line).split("|") for line in block]
+    assert rows[0] == ["written", "boolean key", "wait key", "text key"]
+    return rows[1:]
+
+
+def _written(cell: str) -> str:
+    return "" if cell == "(nothing)" else cell
+
+
+def _message(text: str) -> str:
+    """The one error validate gives for ``text``."""
+    (issue,) = checker.check_text(text, "ns.yaml").errors
+    return issue.message
+
+
+def _scalar_text(written: str) -> str:
+    """The text of a scalar written as ``written``, as any YAML parser reads it."""
+    (event,) = [e for e in yaml.parse(f"k: {written}") if isinstance(e, yaml.ScalarEvent)][1:]
+    return event.value
+
+
+def test_every_row_of_the_value_table_is_what_validate_does(namespace5):
+    """namespace.yaml(5) says, value by value, what each kind of key takes and what Slurm would
+    do instead; each cell is checked against validate here, so the page cannot drift."""
+    refusals = {
+        "fatal": ("Slurm refuses it too", "Slurm would refuse it"),
+        "no limit": ("Slurm would wait without any time limit",),
+        "tag": ("unsupported tag",),
+        "the text": ("Slurm reads it as the text",),
+    }
+    rows = _value_rows(namespace5)
+    assert len(rows) >= 30
+    for written, boolean, wait, text in rows:
+        value = _written(written)
+        cells = (
+            (boolean, f"defaults:\n  shared: {value}\n", ("defaults", "shared")),
+            (wait, f"defaults:\n  clone_ns_script_wait: {value}\n", ("defaults", None)),
+        )
+        for cell, document, (section, key) in cells:
+            key = key or "clone_ns_script_wait"
+            if cell.startswith("no ("):
+                reading = cell[len("no (") : -1]
+                message = _message(document)
+                expected = refusals.get(reading) or (
+                    f"Slurm would read it as {reading}",
+                    f"Slurm reads it as {reading}",
+                    f"Slurm would wait {reading}",
+                )
+                assert any(words in message for words in expected), (written, cell, message)
+                continue
+            checked = checker.check_text(document, "ns.yaml")
+            assert checked.valid, (written, cell, [str(i) for i in checked.issues])
+            got = checked.data[section][key]
+            if cell in ("true", "false"):
+                assert got is (cell == "true"), (written, cell)
+            else:
+                number, _, means = cell.partition(", so ")
+                assert got == int(number), (written, cell)
+                resolved = config.resolve({"defaults": {"base_path": "/b", key: got}}, "n1")
+                assert resolved.clone_ns_script_wait == int(means or number), (written, cell)
+        if text == "unset":
+            checked = checker.check_text(f"defaults:\n  init_script: {value}\n", "ns.yaml")
+            assert checked.issues == () and checked.data["defaults"]["init_script"] == ""
+        elif text == "the text":  # a node name: the one text key with no rule of its own
+            document = f"node_confs:\n  - nodes: {value}\n    options: {{}}\n"
+            checked = checker.check_text(document, "ns.yaml")
+            assert checked.valid, (written, [str(i) for i in checked.issues])
+            assert checked.data["node_confs"][0]["nodes"] == _scalar_text(value), written
+        else:
+            reading = text[len("no (") : -1]
+            message = _message(f"defaults:\n  init_script: {value}\n")
+            assert any(words in message for words in refusals[reading]), (written, message)

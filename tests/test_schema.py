@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from nsctl import config
 from nsctl import validate as checker
 
 ROOT = Path(__file__).parent.parent
@@ -81,3 +82,66 @@ def test_schema_rejects_structural_errors_on_its_own(text):
     """Editors using only the schema (yaml-language-server) still see these mistakes."""
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(yaml.safe_load(text), shipped())
+
+
+def _types(prop: dict) -> set:
+    if "oneOf" in prop:
+        return {t for branch in prop["oneOf"] for t in _types(branch)}
+    kind = prop["type"]
+    return set(kind) if isinstance(kind, list) else {kind}
+
+
+# What the schema says for each option kind: what nsctl accepts, as far as JSON types can say it
+# (an empty text is unset, so null, as PyYAML and editors read `key:`, is allowed there).
+KIND_TYPES = {
+    config.BOOL: {"boolean"},
+    config.WAIT: {"integer"},
+    config.BASE_PATH: {"string", "null"},
+    config.SCRIPT: {"string", "null"},
+    config.DIRS: {"string", "null"},
+    config.FLAGS: {"array", "string", "null"},
+    config.DIR_CONFS: {"array"},
+    config.DIR_PATH: {"string"},
+    config.DIR_BASE: {"string"},
+    config.MOUNT_OPTIONS: {"string", "null"},
+    config.HOSTLIST: {"array", "string"},
+}
+
+
+def test_schema_follows_the_option_table():
+    """The schema is for editors; the option table is what validate reads by. They agree on
+    every key, its JSON types, the wait limits and which keys are required."""
+    defs = shipped()["$defs"]
+    tables = (
+        (defs["options"], config.OPTIONS),
+        (defs["dir_conf"], config.DIR_CONF_OPTIONS),
+        (defs["node_conf"], config.NODE_CONF_OPTIONS),
+    )
+    for definition, table in tables:
+        assert set(definition["properties"]) == {o.name for o in table}
+        assert definition.get("required", []) == [o.name for o in table if o.required]
+        for option in table:
+            prop = definition["properties"][option.name]
+            if option.kind in KIND_TYPES:
+                assert _types(prop) == KIND_TYPES[option.kind], option
+            if option.kind == config.WAIT:
+                assert (prop["minimum"], prop["maximum"]) == (0, config.MAX_WAIT), option
+    assert set(shipped()["properties"]) == set(config.TOP_KEYS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "defaults: {base_path: '', init_script: ''}",
+        "defaults: {init_script: , dirs: }",
+        "defaults: {clone_ns_script_wait: 2147483}",
+    ],
+)
+def test_schema_accepts_what_validate_accepts(text):
+    jsonschema.validate(yaml.safe_load(text), shipped())
+    assert checker.check_text(text, "ns.yaml").valid
+
+
+def test_schema_refuses_the_waits_slurm_would_not_limit():
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(yaml.safe_load("defaults: {clone_ns_script_wait: 2147484}"), shipped())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 
+from nsctl import config
 from nsctl import validate as checker
 from nsctl.validate import Issue
 
@@ -103,16 +105,17 @@ def test_keys_are_case_sensitive():
 @pytest.mark.parametrize(
     ("value", "got"),
     [
-        ('"maybe"', "the string 'maybe'"),
-        ('"yes"', "the string 'yes'"),
-        ('"true"', "the string 'true'"),
-        ("1", "the number 1"),
-        ("null", "nothing (null)"),
+        ('"maybe"', "the string 'maybe'; Slurm would read it as true"),
+        ('"yes"', "the string 'yes'; Slurm would read it as true (drop the quotes)"),
+        ('"true"', "the string 'true'; Slurm would read it as true (drop the quotes)"),
+        ("1", "the number 1; Slurm would read it as true"),
+        ("null", "nothing (null); Slurm would read it as false"),
         ("[true]", "a list"),
     ],
 )
 def test_e8_only_yaml_booleans_are_booleans(value, got):
-    """E8: Slurm turns any non-empty string (even "maybe") into true; nsctl refuses."""
+    """E8: Slurm turns any non-empty string (even "maybe") into true; nsctl refuses, and says
+    what Slurm would read."""
     assert one(f"defaults:\n  shared: {value}\n") == (
         f"ns.yaml:2:3: defaults.shared: expected a boolean (true or false), got {got}"
     )
@@ -129,11 +132,19 @@ def test_e8_unquoted_yaml_1_1_boolean_words_are_booleans(value):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("-5", "must be 0 or more, got -5"),
-        ("2.5", "expected a whole number, got the number 2.5"),
-        ('"20"', "expected a whole number, got the string '20'"),
-        ("true", "expected a whole number, got the boolean true"),
-        ("4294968", "must be at most 4294967, got 4294968"),
+        ("-5", "must be 0 or more, got -5; Slurm would wait without any time limit"),
+        ("2.5", "expected a whole number, got the number 2.5; Slurm refuses it too"),
+        (
+            '"20"',
+            "expected a whole number, got the string '20'; Slurm would read it as 20 (drop the "
+            "quotes)",
+        ),
+        ("true", "expected a whole number, got the boolean true; Slurm refuses it too"),
+        (
+            "4294968",
+            "must be at most 2147483, got 4294968; Slurm would wait 0.704 s (it counts "
+            "milliseconds in 32 bits)",
+        ),
     ],
 )
 def test_e8_waits_are_non_negative_integers(value, message):
@@ -143,7 +154,8 @@ def test_e8_waits_are_non_negative_integers(value, message):
 
 
 def test_wait_limits_accept_zero_and_the_maximum():
-    assert check("defaults: {clone_ns_script_wait: 0, clone_ns_epilog_wait: 4294967}").valid
+    """2,147,483 s is the largest wait whose milliseconds fit Slurm's signed int."""
+    assert check("defaults: {clone_ns_script_wait: 0, clone_ns_epilog_wait: 2147483}").valid
 
 
 def test_wrong_shapes():
@@ -158,10 +170,11 @@ def test_wrong_shapes():
           n1: {}
         """
     ) == [
-        "ns.yaml:2:3: defaults.base_path: expected a string, got the number 123",
-        "ns.yaml:3:3: defaults.dirs: expected a string, got a list",
+        # Slurm reads 123 and true as text: a relative base_path and a relative script.
+        "ns.yaml:2:3: defaults.base_path: base_path must be an absolute path, got '123'",
+        "ns.yaml:3:3: defaults.dirs: dirs is a comma-separated string; did you mean dir_confs?",
         "ns.yaml:4:3: defaults.dir_confs: expected a list, got the string '/tmp'",
-        "ns.yaml:5:3: defaults.init_script: expected a string, got the boolean true",
+        "ns.yaml:5:3: defaults.init_script: init_script must be an absolute path, got 'true'",
         "ns.yaml:6:1: node_confs: expected a list, got a mapping",
     ]
 
@@ -198,26 +211,29 @@ def test_required_keys_and_empty_values():
         "ns.yaml:3:5: node_confs[1]: missing required key 'nodes'",
         "ns.yaml:4:5: node_confs[2].nodes: must not be empty",
         "ns.yaml:6:5: node_confs[3].nodes: must not be empty",
-        "ns.yaml:8:7: node_confs[3].options.base_path: must not be empty",
+        "ns.yaml:8:7: node_confs[3].options.base_path: warning: an empty base_path has no "
+        "effect (Slurm only overrides with a non-empty value); leave it out",
         "ns.yaml:10:11: node_confs[3].options.dir_confs[0]: missing required key 'path'",
         "ns.yaml:11:11: node_confs[3].options.dir_confs[1]: expected a mapping, got the string "
         "'/tmp'",
     ]
 
 
-def test_a_non_string_inside_a_list_is_reported_at_the_item():
-    """The schema's oneOf (list or string) must not hide which list item is wrong."""
+def test_a_bad_item_inside_a_list_is_reported_at_the_item():
+    """A list-or-string key must not hide which list item is wrong. 3 and 5 are text to Slurm:
+    3 is no flag name, while 5 is a node name."""
     assert lines(
         """
         defaults:
           clone_ns_flags: [CLONE_NEWPID, 3]
         node_confs:
-          - nodes: [n1, 5]
+          - nodes: [n1, 5, [n2]]
             options: {}
         """
     ) == [
-        "ns.yaml:2:34: defaults.clone_ns_flags[1]: expected a string, got the number 3",
-        "ns.yaml:4:17: node_confs[0].nodes[1]: expected a string, got the number 5",
+        "ns.yaml:2:34: defaults.clone_ns_flags[1]: unknown namespace flag '3'; nsctl knows "
+        "CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER",
+        "ns.yaml:4:20: node_confs[0].nodes[2]: expected a string, got a list",
     ]
 
 
@@ -227,14 +243,14 @@ def test_oneof_with_neither_shape():
         defaults:
           clone_ns_flags: {a: 1}
         node_confs:
-          - nodes: 7
+          - nodes: {n7: 1}
             options: {}
         """
     ) == [
         "ns.yaml:2:3: defaults.clone_ns_flags: expected a list of flag names or a "
         "comma-separated string, got a mapping",
         "ns.yaml:4:5: node_confs[0].nodes: expected a hostlist string or a non-empty list of "
-        "hostlist strings, got the number 7",
+        "hostlist strings, got a mapping",
     ]
 
 
@@ -250,6 +266,484 @@ def test_bad_hostlists():
     ) == [
         "ns.yaml:2:5: node_confs[0].nodes: bad hostlist 'n[1-': unbalanced brackets",
         "ns.yaml:4:17: node_confs[1].nodes[1]: bad hostlist 'x[3-1]': start > stop",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# scalars, read as Slurm reads them: one test per row of namespace.yaml(5), HOW VALUES ARE READ
+
+
+def value_of(key: str, text: str, where: str = "defaults") -> object:
+    """The typed value validate reads for ``key: text`` (the document must validate)."""
+    checked = check(f"{where}:\n  {key}: {text}\n")
+    assert checked.valid, [str(i) for i in checked.errors]
+    return checked.data[where][key]
+
+
+def refusal(key: str, text: str) -> str:
+    """The one message validate gives for ``defaults: {key: text}``, without its location."""
+    found = [i for i in check(f"defaults:\n  {key}: {text}\n").issues if i.path]
+    assert len(found) == 1 and found[0].severity == "error", [str(i) for i in found]
+    return found[0].message
+
+
+BOOL_WORDS = [
+    (word, value)
+    for words, value in ((("yes", "true", "on"), True), (("no", "false", "off"), False))
+    for w in words
+    for word in (w, w.capitalize(), w.upper())
+]
+
+
+@pytest.mark.parametrize(("text", "value"), BOOL_WORDS)
+def test_booleans_are_the_words_slurm_and_yaml_1_1_both_read_the_same(text, value):
+    assert value_of("shared", text) is value
+
+
+@pytest.mark.parametrize(
+    ("text", "reading"),
+    [
+        # Slurm's own words that YAML 1.1 reads as strings: refused, with the fix.
+        ("y", "the string 'y'; Slurm would read it as true (write true)"),
+        ("T", "the string 'T'; Slurm would read it as true (write true)"),
+        ("n", "the string 'n'; Slurm would read it as false (write false)"),
+        ("f", "the string 'f'; Slurm would read it as false (write false)"),
+        ("tRuE", "the string 'tRuE'; Slurm would read it as true (write true)"),
+        # numbers: Slurm compares them with 0
+        ("0", "the number 0; Slurm would read it as false"),
+        ("1", "the number 1; Slurm would read it as true"),
+        ("-0", "the number -0; Slurm would read it as false"),
+        ("0.0", "the number 0.0; Slurm would read it as false"),
+        ("0x0", "the string '0x0'; Slurm would read it as false"),
+        ("2", "the number 2; Slurm would read it as true"),
+        (".inf", "the string '.inf'; Slurm would read it as true"),
+        ("nan", "the string 'nan'; Slurm would read it as true"),
+        # empty and null forms are false to Slurm
+        ("", "nothing (null); Slurm would read it as false"),
+        ("~", "nothing (null); Slurm would read it as false"),
+        ("NULL", "nothing (null); Slurm would read it as false"),
+        # anything else is true to Slurm
+        ("maybe", "the string 'maybe'; Slurm would read it as true"),
+        ("2024-01-01", "the string '2024-01-01'; Slurm would read it as true"),
+        # quoting or tagging makes a string: refused even for a word Slurm knows
+        ('"yes"', "the string 'yes'; Slurm would read it as true (drop the quotes)"),
+        ("'off'", "the string 'off'; Slurm would read it as false (drop the quotes)"),
+        ('"y"', "the string 'y'; Slurm would read it as true (write true)"),
+        ('""', "the string ''; Slurm would read it as false"),
+        ("!!str true", "the string 'true'; Slurm would read it as true (drop the tag)"),
+    ],
+)
+def test_other_boolean_texts_are_refused_with_what_slurm_would_read(text, reading):
+    assert refusal("shared", text) == f"expected a boolean (true or false), got {reading}"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        # Slurm's type detection: null forms, then integers, floats, forced integers, words
+        ("", False),
+        ("~", False),
+        ("~anything", False),
+        ("nULL", False),
+        ("0", False),
+        ("-0", False),
+        ("+0", False),
+        ("00", False),
+        ("0x0", False),
+        ("-0x0", False),
+        ("0.0", False),
+        ("0.", False),
+        ("0e5", False),
+        ("1e-999", False),  # underflows to zero
+        (" 0", False),  # strtoll skips leading blanks (only a quoted value can have them)
+        ("nO", False),
+        ("F", False),
+        ("Off", False),
+        ("1", True),
+        ("0x", True),  # not a number: any other text
+        ("nan", True),  # NaN is not equal to 0
+        ("-inf", True),
+        ("1e99999", True),
+        (".5", True),
+        ("0b0", True),
+        ("yEs", True),
+        ("maybe", True),
+    ],
+)
+def test_slurm_bool_is_slurms_conversion(text, value):
+    assert checker.slurm_bool(text) is value
+
+
+@pytest.mark.parametrize(
+    ("text", "stored", "effect"),
+    [
+        ("0", 0, "wait the default 10 s"),
+        ("-0", 0, "wait the default 10 s"),
+        ("7", 7, "wait 7 s"),
+        (" 7", 7, "wait 7 s"),
+        ("+7", 7, "wait 7 s"),
+        ("007", 7, "wait 7 s"),
+        ("0x10", 16, "wait 16 s"),
+        ("2147483", 2147483, "wait 2147483 s"),
+        ("2147484", 2147484, "wait without any time limit"),
+        ("4294968", 4294968, "wait 0.704 s"),
+        ("5000000", 5000000, "wait 705032.704 s"),
+        ("4294967295", 4294967295, "wait without any time limit"),
+        ("4294967296", 0xFFFFFFFE, "wait without any time limit"),  # NO_VAL
+        ("-1", 0xFFFFFFFE, "wait without any time limit"),
+        ("0xFFFFFFFFFFFFFFFF", 0xFFFFFFFE, "wait without any time limit"),
+        ("9223372036854775807", 0xFFFFFFFE, "wait without any time limit"),
+        ("9223372036854775808", None, None),  # strtoll: out of range
+        ("0x10000000000000000", None, None),
+        ("", None, None),
+        ("0x", None, None),
+        ("7 ", None, None),
+        ("1_000", None, None),
+        ("2.5", None, None),
+    ],
+)
+def test_slurm_uint32_and_wait_are_slurms_conversion(text, stored, effect):
+    assert checker.slurm_uint32(text) == stored
+    if stored is not None:
+        assert checker.slurm_wait(stored) == effect
+
+
+@pytest.mark.parametrize("text", ["0", "1", "10", "30", "2147483"])
+def test_waits_are_plain_decimal_seconds(text):
+    assert value_of("clone_ns_script_wait", text) == int(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "010",
+            "leading zero in 010: Slurm reads it as 10, but a leading 0 means octal in YAML "
+            "1.1; write 10",
+        ),
+        (
+            "00",
+            "leading zero in 00: Slurm reads it as 0, but a leading 0 means octal in YAML 1.1; "
+            "write 0",
+        ),
+        # Slurm multiplies by 1000 in 32 bits and reads the milliseconds as a signed int
+        (
+            "2147484",
+            "must be at most 2147483, got 2147484; Slurm would wait without any time limit (it "
+            "counts milliseconds in 32 bits)",
+        ),
+        (
+            "4294967",
+            "must be at most 2147483, got 4294967; Slurm would wait without any time limit (it "
+            "counts milliseconds in 32 bits)",
+        ),
+        (
+            "4294968",
+            "must be at most 2147483, got 4294968; Slurm would wait 0.704 s (it counts "
+            "milliseconds in 32 bits)",
+        ),
+        (
+            "4294967296",
+            "must be at most 2147483, got 4294967296; Slurm would wait without any time limit "
+            "(it counts milliseconds in 32 bits)",
+        ),
+        (
+            "99999999999999999999",
+            "must be at most 2147483, got 99999999999999999999; Slurm refuses it too",
+        ),
+        ("-1", "must be 0 or more, got -1; Slurm would wait without any time limit"),
+        ("-0", "expected a whole number, got the number -0; Slurm would read it as 0 (write 0)"),
+        ("+5", "expected a whole number, got the number +5; Slurm would read it as 5 (write 5)"),
+        (
+            "0x10",
+            "expected a whole number, got the string '0x10'; Slurm would read it as 16 (write 16)",
+        ),
+        (
+            '"4294968"',
+            "expected a whole number, got the string '4294968'; Slurm would read it as 4294968 "
+            "and wait 0.704 s",
+        ),
+        (
+            "0xFFFFFFFF",
+            "expected a whole number, got the string '0xFFFFFFFF'; Slurm would read it as "
+            "4294967295 and wait without any time limit",
+        ),
+        ("1_000", "expected a whole number, got the string '1_000'; Slurm refuses it too"),
+        ("1:30", "expected a whole number, got the string '1:30'; Slurm refuses it too"),
+        ("0b1", "expected a whole number, got the string '0b1'; Slurm refuses it too"),
+        ("0o7", "expected a whole number, got the string '0o7'; Slurm refuses it too"),
+        ("1e3", "expected a whole number, got the number 1e3; Slurm refuses it too"),
+        ("2.5", "expected a whole number, got the number 2.5; Slurm refuses it too"),
+        (".inf", "expected a whole number, got the string '.inf'; Slurm refuses it too"),
+        ("true", "expected a whole number, got the boolean true; Slurm refuses it too"),
+        (
+            "2024-01-01",
+            "expected a whole number, got the string '2024-01-01'; Slurm refuses it too",
+        ),
+        ("", "expected a whole number, got nothing (null); Slurm refuses it too"),
+        ("~", "expected a whole number, got nothing (null); Slurm refuses it too"),
+        ("null", "expected a whole number, got nothing (null); Slurm refuses it too"),
+        (
+            '"20"',
+            "expected a whole number, got the string '20'; Slurm would read it as 20 (drop the "
+            "quotes)",
+        ),
+        (
+            "!!str 20",
+            "expected a whole number, got the string '20'; Slurm would read it as 20 (drop the "
+            "tag)",
+        ),
+        ("[20]", "expected a whole number, got a list"),
+        ("{a: 1}", "expected a whole number, got a mapping"),
+    ],
+)
+def test_other_wait_texts_are_refused_with_what_slurm_would_do(text, message):
+    assert refusal("clone_ns_epilog_wait", text) == message
+
+
+@pytest.mark.parametrize("text", ["~", "null", "Null", "NULL"])
+def test_null_words_are_text_to_slurm_so_refused_for_strings(text):
+    message = (
+        f"{text} is not null here: Slurm reads it as the text {text!r}; for no value, leave the "
+        "key out"
+    )
+    for key in ("base_path", "init_script", "dirs", "clone_ns_flags"):
+        assert refusal(key, text) == message, key
+    found = lines(f"node_confs:\n  - nodes: {text}\n    options: {{}}\n")
+    assert found == [f"ns.yaml:2:5: node_confs[0].nodes: {message}"]
+
+
+def test_quoted_null_words_are_plain_text():
+    assert refusal("init_script", '"null"') == "init_script must be an absolute path, got 'null'"
+    assert refusal("base_path", "'~'") == "base_path must be an absolute path, got '~'"
+
+
+@pytest.mark.parametrize("text", ["", '""', "''"])
+def test_an_empty_string_in_defaults_means_unset(text):
+    for key in ("base_path", "init_script", "clone_ns_script", "dirs", "clone_ns_flags"):
+        checked = check(f"defaults:\n  {key}: {text}\n")
+        assert checked.issues == (), key
+        assert checked.data["defaults"][key] == ""
+    resolved = config.resolve(check("defaults:\n  base_path: /v\n  dirs: ''\n").data, "n1")
+    assert [d.path for d in resolved.dir_confs] == ["/tmp", "/dev/shm"]  # dirs unset: built in
+
+
+@pytest.mark.parametrize("text", ["", '""'])
+def test_an_empty_string_on_a_node_keeps_the_default_with_a_warning(text):
+    """Slurm overrides only with a non-empty text: what an admin clearing a script means is not
+    what happens."""
+    checked = check(
+        f"""
+        defaults:
+          base_path: /v
+          init_script: /etc/init
+        node_confs:
+          - nodes: n1
+            options:
+              init_script: {text}
+              clone_ns_script: {text}
+              dirs: {text}
+        """
+    )
+    assert checked.valid
+    assert [str(i) for i in checked.issues] == [
+        "ns.yaml:7:7: node_confs[0].options.init_script: warning: an empty init_script does not "
+        "override the defaults (Slurm only overrides with a non-empty value): init_script stays "
+        "'/etc/init' on these nodes",
+        "ns.yaml:8:7: node_confs[0].options.clone_ns_script: warning: an empty clone_ns_script "
+        "has no effect (Slurm only overrides with a non-empty value); leave it out",
+        "ns.yaml:9:7: node_confs[0].options.dirs: warning: an empty dirs does not override the "
+        "defaults (Slurm only overrides with a non-empty value): dirs stays '/tmp,/dev/shm' on "
+        "these nodes",
+    ]
+    resolved = config.resolve(checked.data, "n1")
+    assert resolved.init_script == "/etc/init" and resolved.origins["init_script"] == "defaults"
+    assert resolved.clone_ns_script is None
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [("123", "123"), ("true", "true"), ("010", "010"), ("2024-01-01", "2024-01-01")],
+)
+def test_plain_scalars_are_text_for_string_keys(text, read):
+    """YAML 1.1 would make these a number, a boolean, 8 and a date; Slurm sees the text."""
+    assert refusal("init_script", text) == f"init_script must be an absolute path, got {read!r}"
+
+
+@pytest.mark.parametrize("text", ["5", "010", "yes", "1e3"])
+def test_plain_scalars_are_node_names_as_in_slurm(text):
+    data = check(f"node_confs:\n  - nodes: {text}\n    options: {{base_path: /v}}\n").data
+    assert data["node_confs"][0]["nodes"] == text
+    assert config.resolve(data, text).entry == "node_confs[0]"
+
+
+@pytest.mark.parametrize("text", ["!!str /x", "! /x", '"/x"', "'/x'", "/x"])
+def test_str_tags_and_quotes_read_the_same_as_plain_text(text):
+    assert value_of("init_script", text) == "/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"), [("!!int 5", "!!int"), ("!!float 5", "!!float"), ("!!bool true", "!!bool")]
+)
+def test_converting_tags_are_refused_everywhere(text, tag):
+    message = (
+        f"unsupported tag {tag!r}: write the value without a tag (Slurm converts tagged values "
+        "its own way: !!int 010 is 10 in Slurm, 8 in YAML 1.1)"
+    )
+    for key in ("shared", "clone_ns_script_wait", "init_script"):
+        assert refusal(key, text) == message, key
+
+
+def test_null_tag_is_refused():
+    assert refusal("shared", "!!null ''").startswith("unsupported tag '!!null': ")
+    assert refusal("init_script", "!!null").startswith("unsupported tag '!!null': ")
+
+
+def test_keys_are_text_too():
+    assert lines("1: a\ntrue: b\n~: c\n? [d]\n: e\n") == [
+        "ns.yaml:1:1: 1: unknown key '1'",
+        "ns.yaml:2:1: true: unknown key 'true'",
+        "ns.yaml:3:1: ~: unknown key '~'",
+        "ns.yaml:4:3: a key must be text, got a list",
+    ]
+
+
+def test_a_lone_document_marker_or_a_null_root():
+    assert check("---\n").issues == () and check("---\n").data is None
+    assert lines("~\n") == ["ns.yaml:1:1: expected a mapping, got nothing (null)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# wrong types and shapes at the keys a type fuzz found crashing (issue 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dirs: [/tmp, /dev/shm]", "dirs is a comma-separated string; did you mean dir_confs?"),
+        ("dirs: []", "dirs is a comma-separated string; did you mean dir_confs?"),
+        ("dirs: {a: b}", "expected a string, got a mapping"),
+        ("dirs: 5", "directory must be an absolute path, got '5'"),
+        ("dir_confs: true", "expected a list, got the boolean true"),
+        ("dir_confs: /tmp", "expected a list, got the string '/tmp'"),
+        ("dir_confs: {path: /tmp}", "expected a list, got a mapping"),
+        ("dir_confs:", "expected a list, got nothing (null)"),
+        (
+            "clone_ns_flags: {a: b}",
+            "expected a list of flag names or a comma-separated string, got a mapping",
+        ),
+        ("clone_ns_flags: [[a]]", "expected a string, got a list"),
+        ("base_path: [/v]", "expected a string, got a list"),
+    ],
+)
+def test_wrong_shapes_are_located_messages(text, message):
+    checked = check(f"defaults:\n  {text}\n")
+    errors = [i for i in checked.errors if i.message == message]
+    assert len(errors) == 1, [str(i) for i in checked.issues]
+    assert errors[0].line == 2 and errors[0].path.startswith("defaults.")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["true", "[/tmp]", "~", "{path: [/tmp]}", "{path: /t, tmpfs: [x]}", "{path: /t, options: {}}"],
+)
+def test_wrong_dir_confs_entries_do_not_break_the_layout_checks(entry):
+    text = f"defaults:\n  base_path: /v\n  dir_confs:\n    - {entry}\n    - path: /v/x\n"
+    found = lines(text)
+    assert (
+        "ns.yaml:5:7: defaults.dir_confs[1].path: directory '/v/x' is at or under base_path "
+        "'/v'" in found
+    )
+    assert all(line.startswith("ns.yaml:4:") or line.startswith("ns.yaml:5:") for line in found)
+
+
+# ---------------------------------------------------------------------------------------------
+# spaces Slurm keeps: mount options and hostlists
+
+
+@pytest.mark.parametrize(
+    ("options", "tmpfs", "message"),
+    [
+        (
+            "noexec, nosuid",
+            False,
+            "space before 'nosuid': Slurm reads ' nosuid' as tmpfs data, not as the nosuid flag "
+            "(a bind mount then goes without nosuid, a tmpfs mount fails); remove the space",
+        ),
+        (
+            "noexec ,nosuid",
+            True,
+            "space after 'noexec': Slurm reads 'noexec ' as tmpfs data, not as the noexec flag "
+            "(a bind mount then goes without noexec, a tmpfs mount fails); remove the space",
+        ),
+        (
+            "nosuid, size=1g ",
+            True,
+            "space around 'size=1g': Slurm passes ' size=1g ' to the mount as written (a tmpfs "
+            "mount fails on it, a bind mount ignores it); remove the space",
+        ),
+    ],
+)
+def test_spaces_in_mount_options_are_refused(options, tmpfs, message):
+    text = f"defaults:\n  dir_confs:\n    - path: /t\n      tmpfs: {str(tmpfs).lower()}\n"
+    assert one(text + f"      options: '{options}'\n") == (
+        f"ns.yaml:5:7: defaults.dir_confs[0].options: {message}"
+    )
+
+
+def test_spaces_in_hostlists_are_refused():
+    """Slurm splits 'n1, n2' into n1 and n2; python-hostlist would make ' n2' a name."""
+    assert lines(
+        "node_confs:\n  - nodes: n1, n2\n    options: {}\n  - nodes: ['a\tb']\n    options: {}\n"
+    ) == [
+        "ns.yaml:2:5: node_confs[0].nodes: whitespace in hostlist 'n1, n2': Slurm splits a "
+        "hostlist at spaces as at commas; separate the names with commas only",
+        "ns.yaml:4:13: node_confs[1].nodes[0]: whitespace in hostlist 'a\\tb': Slurm splits a "
+        "hostlist at spaces as at commas; separate the names with commas only",
+    ]
+
+
+def test_empty_entries_in_clone_ns_flags_are_refused():
+    assert lines("defaults:\n  clone_ns_flags: 'CLONE_NEWPID,,CLONE_NEWUSER'\n") == [
+        "ns.yaml:2:3: defaults.clone_ns_flags: empty entry in clone_ns_flags (a stray comma?)"
+    ]
+    assert lines("defaults:\n  clone_ns_flags: [CLONE_NEWPID, ' ']\n") == [
+        "ns.yaml:2:34: defaults.clone_ns_flags[1]: empty entry in clone_ns_flags (a stray comma?)"
+    ]
+
+
+def test_control_characters_in_base_paths_and_scripts():
+    assert refusal("base_path", '"/v\\nx"') == "base_path may not contain a control character"
+    assert refusal("init_script", '"/i\\tx"') == "init_script may not contain a control character"
+
+
+# ---------------------------------------------------------------------------------------------
+# where nsctl and Slurm would resolve the same file differently: warnings
+
+
+def test_dev_shm_with_a_trailing_slash_is_a_warning_and_no_collision():
+    """Issue 10: validate refused this although resolve makes /dev/shm/ a tmpfs (no backing
+    directory to collide with /dev_shm's); now both use config.dir_specs."""
+    checked = check("defaults:\n  base_path: /v\n  dirs: /dev/shm/,/dev_shm\n")
+    assert checked.valid
+    assert [str(i) for i in checked.issues] == [
+        "ns.yaml:3:3: defaults.dirs: warning: '/dev/shm/' is a tmpfs here because nsctl ignores "
+        "trailing slashes; Slurm makes only the exact '/dev/shm' a tmpfs and would bind-mount "
+        "it: write /dev/shm"
+    ]
+    resolved = config.resolve(checked.data, "n1")
+    assert [(d.path, d.tmpfs) for d in resolved.dir_confs] == [
+        ("/dev/shm", True),
+        ("/dev_shm", False),
+    ]
+
+
+def test_aliases_are_a_warning_because_slurm_refuses_them():
+    checked = check("defaults: &d\n  base_path: /v\nnode_confs:\n  - {nodes: n1, options: *d}\n")
+    assert checked.valid
+    assert [str(i) for i in checked.warnings] == [
+        "ns.yaml:4:26: warning: YAML aliases: Slurm's YAML reader refuses them, so slurmd would "
+        "not start with this file (nsctl expands them)"
     ]
 
 
@@ -640,22 +1134,33 @@ def test_an_error_inherited_from_defaults_is_reported_once():
 # YAML itself
 
 
+def parser_problem(text: str) -> str:
+    """What PyYAML's parser (the one nsctl uses) says about a broken text: nsctl's report is
+    compared with it, never with the parser's wording, which is PyYAML's and libyaml's."""
+    with pytest.raises(yaml.MarkedYAMLError) as excinfo:
+        for _event in yaml.parse(text, Loader=checker._Loader):
+            pass
+    return excinfo.value.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("defaults:\n  base_path: /v\n   shared: true\n", "ns.yaml:3:10"),
+        ("defaults:\n  base_path: [/v\nnode_confs: 1\n", "ns.yaml:3:11"),
+        ("defaults:\n\tbase_path: /v\n", "ns.yaml:2:1"),
+        ("a: 'unterminated\n", "ns.yaml:2:1"),
+    ],
+)
+def test_malformed_yaml_gives_the_parser_line_and_column(text, where):
+    checked = checker.check_text(text, F)
+    assert [str(i) for i in checked.issues] == [f"{where}: invalid YAML: {parser_problem(text)}"]
+    assert checked.data is None and not checked.valid
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (
-            "defaults:\n  base_path: /v\n   shared: true\n",
-            "ns.yaml:3:10: invalid YAML: mapping values are not allowed in this context",
-        ),
-        (
-            "defaults:\n  base_path: [/v\nnode_confs: 1\n",
-            "ns.yaml:3:11: invalid YAML: did not find expected ',' or ']'",
-        ),
-        (
-            "defaults:\n\tbase_path: /v\n",
-            "ns.yaml:2:1: invalid YAML: found character that cannot start any token",
-        ),
-        ("a: 'unterminated\n", "ns.yaml:2:1: invalid YAML: found unexpected end of stream"),
         ("a: *nowhere\n", "ns.yaml:1:4: invalid YAML: found undefined alias"),
         (
             "--- a\n--- b\n",
@@ -664,7 +1169,7 @@ def test_an_error_inherited_from_defaults_is_reported_once():
         ),
     ],
 )
-def test_malformed_yaml_gives_the_parser_line_and_column(text, message):
+def test_yaml_that_parses_but_cannot_be_a_document(text, message):
     checked = checker.check_text(text, F)
     assert [str(i) for i in checked.issues] == [message]
     assert checked.data is None and not checked.valid
@@ -689,6 +1194,8 @@ def test_recursive_aliases_are_reported_not_a_crash():
     assert lines("defaults: &x\n  base_path: *x\n") == [
         "ns.yaml:2:3: defaults.base_path: invalid YAML: an alias refers to a node that contains it",
         "ns.yaml:2:3: defaults.base_path: expected a string, got nothing (null)",
+        "ns.yaml:2:14: warning: YAML aliases: Slurm's YAML reader refuses them, so slurmd would "
+        "not start with this file (nsctl expands them)",
     ]
 
 
@@ -709,6 +1216,30 @@ def test_deep_nesting_is_reported_not_a_crash():
     assert lines(text) == ["ns.yaml:1:53: invalid YAML: nested more than 50 levels deep"]
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        # past the 1,000 levels the libyaml inside PyYAML 6.0.4 refuses (its scanner looks that
+        # far ahead, so it stops before nsctl counts 51): nsctl's limit is still the one reported
+        ("a: " + "[" * 1_001 + "]" * 1_001 + "\n", "1:53"),
+        ("a: " + "{b: " * 1_001 + "c" + "}" * 1_001 + "\n", "1:200"),
+        # deep, then broken: the nesting comes first in the file, so it is what is reported
+        ("a: " + "[" * 60 + "\n", "1:53"),
+        ("a: " + "[" * 2_000 + "\n", "1:53"),
+        # block nesting: one mapping per line, each indented one more
+        ("".join(" " * i + f"k{i}:\n" for i in range(60)) + " " * 60 + "x\n", "51:51"),
+    ],
+)
+def test_deep_nesting_is_nsctls_own_finding_whatever_the_parser(text, where):
+    """The same report for any PyYAML from 5.4 (whose libyaml has no nesting limit) to 6.0.4."""
+    assert lines(text) == [f"ns.yaml:{where}: invalid YAML: nested more than 50 levels deep"]
+
+
+def test_fifty_levels_are_not_too_deep():
+    text = "a: " + "[" * 49 + "]" * 49 + "\n"  # the top mapping and 49 lists: 50 levels
+    assert lines(text) == ["ns.yaml:1:1: a: unknown key 'a'"]
+
+
 def test_plain_aliases_are_fine():
     text = "defaults: &d\n  base_path: /v\nnode_confs:\n  - nodes: n1\n    options: *d\n"
     assert check(text).valid
@@ -727,7 +1258,9 @@ def test_plain_aliases_are_fine():
         ),
         (
             "defaults: {clone_ns_script_wait: !!int abc}",
-            "ns.yaml:1:34: defaults.clone_ns_script_wait: invalid YAML: 'abc' is not a valid int",
+            "ns.yaml:1:34: defaults.clone_ns_script_wait: unsupported tag '!!int': write the value "
+            "without a tag (Slurm converts tagged values its own way: !!int 010 is 10 in Slurm, 8 "
+            "in YAML 1.1)",
         ),
         ("defaults: !!set {a}", "ns.yaml:1:11: defaults: invalid YAML: unsupported tag '!!set'"),
     ],
