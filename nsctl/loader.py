@@ -1,11 +1,12 @@
 """Load this node's resolved configuration fast, refusing a config that does not validate.
 
 Prologs and Epilogs call this for every job. The resolved ``NodeConfig`` is cached under the
-runtime directory, one entry per file, node name, %h value and nsctl version; the entry holds the
-file's exact text and is used only while the file still reads the same (a key of stat fields
-could miss a same-size rewrite within one clock tick). Only a cache miss (the file changed, or
-the node rebooted and /run was emptied) parses the YAML and runs the full validator, which
-imports jsonschema; every later job reads one small JSON file.
+runtime directory, one entry per file, node name, %h value and nsctl build (its version and its
+config and validation rules' files); the entry holds the file's exact text and is used only while
+the file still reads the same (a key of stat fields could miss a same-size rewrite within one
+clock tick). Only a cache miss (the file changed, nsctl was upgraded, or the node rebooted and
+/run was emptied) parses the YAML and runs the full validator; every later job reads one small
+JSON file.
 """
 
 from __future__ import annotations
@@ -23,10 +24,24 @@ from .errors import ConfigError
 from .layout import open_run_subdir
 
 
+def _rules() -> str:
+    """What the resolution and validation rules are: an upgrade that changes them (even without
+    a new version number) must not be served a config the old rules accepted."""
+    here = os.path.dirname(config.__file__)
+    marks = []
+    for name in ("config.py", "validate.py"):
+        try:
+            st = os.stat(os.path.join(here, name))
+            marks.append(f"{st.st_size}.{st.st_mtime_ns}")
+        except OSError:
+            marks.append("-")
+    return f"{__version__}:{':'.join(marks)}"
+
+
 def _cache_name(path: str, node: str, hostname: str) -> str:
-    # One entry per (nsctl version, file, node, %h); the entry holds the file's exact text, so
+    # One entry per (nsctl build, file, node, %h); the entry holds the file's exact text, so
     # a cheap checksum of the key is enough for the name (no hashlib on the Prolog path).
-    key = f"{__version__}\0{os.path.realpath(path)}\0{node}\0{hostname}".encode()
+    key = f"{_rules()}\0{os.path.realpath(path)}\0{node}\0{hostname}".encode()
     return f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json"
 
 
@@ -107,7 +122,7 @@ def load_node_config(
             cached = _read_cache(cache, name, text)
             if cached is not None:
                 return cached
-        from . import validate  # cold path only: pulls in jsonschema
+        from . import validate  # cold path only: the YAML parser and every rule
 
         # Validate exactly the text that was compared and will be cached: no window between.
         checked = validate.check_text(text, path)
