@@ -107,7 +107,7 @@ static int join_job(pam_handle_t *pamh, int argc, const char **argv)
 {
 	char err[PATH_MAX + 256];
 	struct options opts;
-	struct nsctl_job job;
+	struct nsctl_job job = {.fds = {-1, -1, -1}};
 	const char *user = NULL;
 	uint32_t job_id = 0;
 	int rc;
@@ -152,8 +152,7 @@ static int join_job(pam_handle_t *pamh, int argc, const char **argv)
 	pam_syslog(pamh, LOG_INFO, "%s entered the namespaces of job %u", user, job_id);
 	return PAM_SUCCESS;
 fail:
-	if (job_id)
-		nsctl_close(&job);
+	nsctl_close(&job);
 	pam_syslog(pamh, LOG_ERR, "job %u: %s%s", job_id, err,
 		   opts.allow_on_error ? "; allowing the login without isolation" : "");
 	if (opts.allow_on_error)
