@@ -295,8 +295,14 @@ def setup(config_file, node, job_id, uid, gid, user, dry_run, on_error, holder, 
 @_node_option
 @click.option("--job-id", metavar="ID", help="Job id [default: $SLURM_JOB_ID].")
 @click.option("--dry-run", is_flag=True, help="Print what teardown would do; change nothing.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Delete the job's files before returning [default: move them aside and delete them in "
+    "a detached process, so the Epilog returns at once].",
+)
 @_verbose_option
-def teardown(config_file, node, job_id, dry_run, verbose):
+def teardown(config_file, node, job_id, dry_run, wait, verbose):
     """Destroy a job's namespaces and delete its files (run from the Epilog).
 
     Safe (never follows a symlink or crosses a mount) and idempotent: a job that never existed,
@@ -305,7 +311,7 @@ def teardown(config_file, node, job_id, dry_run, verbose):
     """
     from .hooks import run_teardown
 
-    sys.exit(run_teardown(config_file, node, job_id, dry_run, verbose, click.echo))
+    sys.exit(run_teardown(config_file, node, job_id, dry_run, verbose, click.echo, wait))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -333,6 +339,151 @@ def join(job_id, as_user, command):
         except KeyError:
             argv = ["/bin/sh"]
     sys.exit(joiner.join(job_id, argv, as_user))
+
+
+# ---------------------------------------------------------------------------------------------
+# status / gc
+
+
+def _optional_config(config_file: Optional[str], node: Optional[str]):
+    """This node's resolved config, or None (with a warning) when there is no valid one:
+    status and gc still see what the runtime index names."""
+    from .errors import ConfigError
+    from .loader import load_node_config
+
+    try:
+        return load_node_config(config.config_path(config_file), config.node_name(node))
+    except ConfigError as exc:
+        first = str(exc).splitlines()[0]
+        click.echo(f"nsctl: warning: {first}; only what the runtime index names is seen", err=True)
+        return None
+
+
+def _size(value: Optional[int]) -> str:
+    if value is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return "?"  # pragma: no cover
+
+
+def _age(started: Optional[float]) -> str:
+    import time
+
+    if started is None:
+        return "?"
+    seconds = max(0, int(time.time() - started))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s"
+
+
+@main.command()
+@_config_option
+@_node_option
+@click.option("--job-id", metavar="ID", help="Only this job.")
+@click.option(
+    "--usage", is_flag=True, help="Measure each private directory's size and file count (walks it)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+def status(config_file, node, job_id, usage, fmt):
+    """Show every job namespace on this node (root).
+
+    One line per job: id, state (live, holder dead, half-built, orphan, deleting), user, holder
+    pid, age, the namespaces bound now, and the private directories (with --usage, their size
+    and file count). Jobs of Slurm's own namespace/linux plugin are listed too. Exits 1 when
+    --job-id names a job that has nothing on this node.
+    """
+    import time
+
+    from . import inventory
+    from .layout import check_job_id
+
+    if job_id is not None:
+        job_id = check_job_id(job_id)
+    resolved = _optional_config(config_file, node)
+    records = inventory.inventory(resolved, job_id)
+    if usage:
+        records = [inventory.with_usage(r) for r in records]
+    if fmt == "json":
+        jobs = []
+        for record in records:
+            data = record.as_dict()
+            data["age_seconds"] = (
+                None if record.started is None else round(time.time() - record.started, 1)
+            )
+            jobs.append(data)
+        node_name = resolved.node if resolved else config.node_name(node)
+        click.echo(json.dumps({"node": node_name, "jobs": jobs}, indent=2))
+    else:
+        rows = [("JOB", "STATE", "USER", "HOLDER", "AGE", "NAMESPACES", "DIRS")]
+        for r in records:
+            dirs = ", ".join(
+                d.path if not usage else f"{d.path} {_size(d.bytes)}/{d.files or 0} files"
+                for d in r.dirs
+            )
+            if r.deleting and not r.job_dir:
+                dirs = ", ".join(r.deleting)
+            owner = r.user or "?"
+            rows.append(
+                (
+                    r.job_id + ("" if r.made_by == "nsctl" else " (slurm)"),
+                    r.state,
+                    owner,
+                    str(r.holder_pid or "-"),
+                    _age(r.started),
+                    ",".join(r.namespaces) or "-",
+                    dirs or "-",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[6])
+    if job_id is not None and not records:
+        raise NsctlError(f"job {job_id} has no namespace on this node")
+
+
+@main.command()
+@_config_option
+@_node_option
+@click.option("--dry-run", is_flag=True, help="Say what would be collected; change nothing.")
+@click.option(
+    "--no-slurm", is_flag=True, help="Do not ask Slurm (squeue) which jobs run on this node."
+)
+@_verbose_option
+def gc(config_file, node, dry_run, no_slurm, verbose):
+    """Collect what crashes and reboots left on this node (root).
+
+    Removes nsctl's job directories that belong to no running job (running clone_ns_epilog for
+    them), stale index entries, and deletions a reboot interrupted; never a live job's, one
+    Slurm runs here, one still mounted in some process's namespace, or a directory without
+    nsctl's mark. Run it at boot, before slurmd starts (see nsctl(8)). Exits 1 when something
+    could not be removed.
+    """
+    from . import gc as collector
+    from .log import job_logger
+
+    if os.geteuid() != 0 and not dry_run:
+        raise NsctlError("gc needs root")
+    resolved = _optional_config(config_file, node)
+    log = job_logger(None, verbose)
+    leftovers = collector.collect(resolved, log, dry_run, not no_slurm, click.echo)
+    if leftovers:
+        raise NsctlError(f"left behind: {', '.join(leftovers)}")
 
 
 @main.command()

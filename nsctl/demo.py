@@ -103,7 +103,7 @@ def run(echo: Callable[[str], None]) -> int:
         _check(echo, not os.path.exists("/tmp/demo.txt"), "/tmp/demo.txt is not in the host's /tmp")
         _check(echo, os.path.isfile(backing), f"it lives in the job's backing directory {backing}")
         echo(f"\nEpilog of job {JOB_ID}:")
-        _run(echo, env, "teardown", "--job-id", JOB_ID, "--verbose")
+        _run(echo, env, "teardown", "--wait", "--job-id", JOB_ID, "--verbose")
         _check(echo, os.listdir(base) == [], f"{base} is empty again")
         _check(
             echo,
@@ -113,7 +113,7 @@ def run(echo: Callable[[str], None]) -> int:
     except DemoFailed as exc:
         echo(f"\ndemo FAILED: {exc}")
         subprocess.run(
-            [sys.executable, "-m", "nsctl", "teardown", "--job-id", JOB_ID],
+            [sys.executable, "-m", "nsctl", "teardown", "--wait", "--job-id", JOB_ID],
             env=env,
             capture_output=True,
             cwd="/",

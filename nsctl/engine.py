@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 from . import fsafe, holder, libc, plan, procfs
 from .errors import InputError, SetupError, TeardownError
-from .layout import NS_JOIN_ORDER, BadIndex, IndexEntry, open_run_subdir, read_index, run_dir
+from .layout import (
+    NS_JOIN_ORDER,
+    BadIndex,
+    IndexEntry,
+    open_run_subdir,
+    parse_trash_name,
+    read_index,
+    run_dir,
+    trash_name,
+)
 from .scripts import run_script
 
 if TYPE_CHECKING:
@@ -86,6 +95,11 @@ def _lock(offset: int, name: str = "nsctl.lock", teardown: bool = False) -> Iter
         os.close(fd)
 
 
+def job_lock(job_id: str, teardown: bool = False):
+    """The job's lock, as setup and teardown take it (for nsctl gc)."""
+    return _lock(int(job_id), teardown=teardown)
+
+
 # Kept under its old name: mount targets and sources are opened this way everywhere.
 open_dir_nofollow = fsafe.open_dir
 
@@ -141,6 +155,12 @@ def _bind_self_private(op: plan.BindSelfPrivate, state: _SetupState) -> None:
 
 
 def _make_ns_file(op: plan.MakeNsFile, state: _SetupState) -> None:
+    os.close(
+        os.open(op.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    )
+
+
+def _make_marker(op: plan.MakeMarker, state: _SetupState) -> None:
     os.close(
         os.open(op.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     )
@@ -221,6 +241,7 @@ _SETUP_STEPS: dict[type, Callable] = {
     plan.MakeDir: _make_dir,
     plan.BindSelfPrivate: _bind_self_private,
     plan.MakeNsFile: _make_ns_file,
+    plan.MakeMarker: _make_marker,
     plan.RunScript: _run_setup_script,
     plan.CreateNamespaces: _create_namespaces_step,
     plan.WriteIndex: _write_index,
@@ -701,6 +722,8 @@ class _TeardownState:
         self.unreachable: set[str] = set()  # job dirs that exist but must not be touched
         self.pid_ns: set[str] = set()  # job dirs whose PID namespace holder was killed
         self.leftovers: list[str] = []
+        self.moved: list[str] = []  # trees moved aside, to delete
+        self.usage: dict[str, tuple[int, int]] = {}  # private dir -> (bytes, files)
 
     def left(self, path: str, message: str) -> None:
         """``path`` stays behind; ``message`` (which names it) says why."""
@@ -865,41 +888,178 @@ def _td_unmount_ns(op: plan.UnmountNsFiles, state: _TeardownState) -> None:
             return
 
 
+def _td_measure_tmpfs(op: plan.MeasureTmpfs, state: _TeardownState) -> None:
+    job_dir = state.dirs.get(op.job_dir)
+    if job_dir is None:
+        return
+    state.usage.update(tmpfs_usage(_fd_path(job_dir.fd, ".ns", "mnt"), op.targets))
+
+
+def tmpfs_usage(mnt_ns: str, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(bytes, files) in use on each tmpfs target, read by a child inside the mount namespace
+    (a tmpfs has no backing directory: only its superblock knows)."""
+    try:
+        ns = os.open(mnt_ns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    read, write = os.pipe()
+    try:
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(read)
+                libc.setns(ns, libc.CLONE.NEWNS)
+                for target in targets:
+                    with contextlib.suppress(OSError):
+                        st = os.statvfs(target)
+                        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+                        files = st.f_files - st.f_ffree - 1  # not its root directory
+                        os.write(write, f"{used} {files} {target}\n".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        write = -1
+        data = b""
+        while True:
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            data += chunk
+        os.waitpid(child, 0)
+    finally:
+        os.close(ns)
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+    usage = {}
+    for line in data.decode(errors="replace").splitlines():
+        used, files, target = line.split(" ", 2)
+        usage[target] = (int(used), int(files))
+    return usage
+
+
 def _td_remove_job_dir(op: plan.RemoveJobDir, state: _TeardownState) -> None:
     job_dir = state.dirs.get(op.job_dir)
     if job_dir is None:
         return
-    _remove_owned(job_dir, state, unmount=True)
+    # The lazy unmount of B/J's self-bind also takes away whatever is still mounted inside it.
+    try:
+        libc.umount2(_fd_path(job_dir.parent, job_dir.name), libc.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            state.left(job_dir.path, f"cannot unmount {job_dir.path}: {exc.strerror}")
+            return
+    _move_aside(job_dir, state)
 
 
 def _td_remove_dir_root(op: plan.RemoveDirRoot, state: _TeardownState) -> None:
     root = _open_owned(op.path, op.expected_id, "dir_confs base directory", state)
     if root is not None:
         try:
-            _remove_owned(root, state, unmount=False)
+            _move_aside(root, state)
         finally:
             os.close(root.fd)
             os.close(root.parent)
 
 
-def _remove_owned(job_dir: _JobDir, state: _TeardownState, unmount: bool) -> None:
-    from . import rmtree  # teardown only: setup needs it just to roll back
+def _move_aside(job_dir: _JobDir, state: _TeardownState) -> None:
+    """Rename B/J (or D/J) to a name no job id can take: the id is free at once (a requeued job
+    can start), and the deletion can take as long as it takes."""
+    moved = trash_name(state.plan.job_id, int(job_dir.ident.split(":")[1]))
+    try:
+        os.rename(job_dir.name, moved, src_dir_fd=job_dir.parent, dst_dir_fd=job_dir.parent)
+    except OSError as exc:
+        state.left(job_dir.path, f"could not move {job_dir.path} aside: {exc.strerror}")
+        return
+    state.moved.append(os.path.join(os.path.dirname(job_dir.path), moved))
 
-    emptied = _report(rmtree.remove_contents(job_dir.fd, job_dir.path), state)
-    if unmount:
-        # Even when something had to stay: the lazy unmount of B/J's self-bind also takes away
-        # whatever was left mounted inside it.
+
+def _td_delete_moved(op: plan.DeleteMovedAside, state: _TeardownState) -> None:
+    if not state.moved:
+        return
+    moved, usage, log = list(state.moved), dict(state.usage), state.log
+    if op.wait:
+        state.leftovers += delete_moved(moved, op.dirs, usage, log, op.job_id)
+        return
+    pid = run_detached(lambda: delete_moved(moved, op.dirs, usage, None, op.job_id))
+    log.info("deleting the job's files in the background (pid %d)", pid)
+
+
+def delete_moved(
+    moved: list[str],
+    dirs: tuple[str, ...],
+    usage: dict[str, tuple[int, int]],
+    log: Optional[logging.Logger],
+    job_id: str,
+) -> list[str]:
+    """Delete trees moved aside, log the usage line, return what could not be removed.
+
+    Each tree is locked (flock) while it is deleted, so that nsctl gc, which finishes deletions
+    a reboot interrupted, leaves alone one that is being deleted. ``log`` None: this is the
+    detached deleter, which logs anew (its parent's stderr may be a pipe Slurm waits on).
+    """
+    from .log import job_logger
+
+    log = log or job_logger(job_id)
+    state = _TeardownState(plan.TeardownPlan(job_id, ()), log, run_epilog=False)
+    for path in moved:
+        _delete_tree(path, dirs, usage, state)
+    if usage:
+        order = [d for d in dirs if d in usage] + [d for d in usage if d not in dirs]
+        parts = [f"{d} {usage[d][0]} bytes in {usage[d][1]} files" for d in order]
+        log.info("usage: %s", "; ".join(parts))
+    return state.leftovers
+
+
+def _delete_tree(
+    path: str, dirs: tuple[str, ...], usage: dict[str, tuple[int, int]], state: _TeardownState
+) -> None:
+    from . import rmtree
+
+    parent_path, name = os.path.split(path)
+    try:
+        parent = fsafe.trusted_dir(parent_path, "base directory")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        state.left(path, f"left {path} alone: {exc.strerror}")
+        return
+    try:
         try:
-            libc.umount2(_fd_path(job_dir.parent, job_dir.name), libc.MNT_DETACH)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOENT):
-                state.left(job_dir.path, f"cannot unmount {job_dir.path}: {exc.strerror}")
+            fd = os.open(name, fsafe.O_READ_DIR, dir_fd=parent)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                state.log.info("%s is being deleted by another nsctl", path)
                 return
-    if emptied:
-        try:
-            os.rmdir(job_dir.name, dir_fd=job_dir.parent)
-        except OSError as exc:
-            state.left(job_dir.path, f"could not remove {job_dir.path}: {exc.strerror}")
+            # First each private directory's backing directory, measured, then the rest.
+            job_id = parse_trash_name(name) or ""
+            backing = {target.replace("/", "_"): target for target in dirs}
+            for holder in (f".{job_id}", ""):
+                for sub, target in backing.items():
+                    where = os.path.join(holder, sub) if holder else sub
+                    try:
+                        sub_fd = os.open(where, fsafe.O_READ_DIR, dir_fd=fd)
+                    except OSError:
+                        continue
+                    try:
+                        result = rmtree.remove_contents(sub_fd, os.path.join(path, where), True)
+                    finally:
+                        os.close(sub_fd)
+                    old = usage.get(target, (0, 0))
+                    usage[target] = (old[0] + result.bytes, old[1] + result.files)
+            if _report(rmtree.remove_contents(fd, path), state):
+                try:
+                    os.rmdir(name, dir_fd=parent)
+                except OSError as exc:
+                    state.left(path, f"could not remove {path}: {exc.strerror}")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent)
 
 
 def _report(result: rmtree.Result, state: _TeardownState) -> bool:
@@ -908,6 +1068,53 @@ def _report(result: rmtree.Result, state: _TeardownState) -> bool:
     for path in result.skipped_mounts:
         state.left(path, f"left {path} alone: it is a mount point")
     return result.ok
+
+
+def run_detached(work: Callable[[], object]) -> int:
+    """Run ``work`` in a grandchild in its own session, at idle CPU and I/O priority, with no
+    descriptor of ours but a log file (never a pipe: Slurm would wait for it to close). The
+    caller does not wait for it; returns its pid."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(write)
+        pid = int(os.read(read, 32) or b"0")
+        os.close(read)
+        os.waitpid(child, 0)
+        return pid
+    try:
+        os.close(read)
+        os.setsid()
+        grandchild = os.fork()
+        if grandchild:
+            os.write(write, str(grandchild).encode())
+            os._exit(0)
+        os.close(write)
+        _detach_stdio()
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+        libc.set_idle_io_priority()
+        work()
+    finally:
+        os._exit(0)
+
+
+def _detach_stdio() -> None:
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    for fd in (1, 2):
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            os.dup2(null, fd)
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):
+                os.close(int(name))
 
 
 def _td_remove_index(op: plan.RemoveIndex, state: _TeardownState) -> None:
@@ -933,10 +1140,12 @@ _TEARDOWN_STEPS: dict[type, Callable] = {
     plan.OpenJobDir: _td_open,
     plan.KillHolder: _td_kill_holder,
     plan.KillJobProcesses: _td_kill_processes,
+    plan.MeasureTmpfs: _td_measure_tmpfs,
     plan.UnmountNsFiles: _td_unmount_ns,
     plan.RemoveJobDir: _td_remove_job_dir,
     plan.RemoveDirRoot: _td_remove_dir_root,
     plan.RemoveIndex: _td_remove_index,
+    plan.DeleteMovedAside: _td_delete_moved,
 }
 
 

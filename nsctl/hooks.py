@@ -72,8 +72,8 @@ def run_setup(
         if os.geteuid() != 0:
             raise NsctlError("setup needs root")
 
-        def teardown_plan_for(entry):
-            return plan.plan_teardown(resolved, job.job_id, index_file, os.environ, entry)
+        def teardown_plan_for(entry):  # what an earlier run left, or a rollback: deleted now
+            return plan.plan_teardown(resolved, job.job_id, index_file, os.environ, entry, True)
 
         result = engine.setup(the_plan, teardown_plan_for, log, holder)
         if verbose:
@@ -97,8 +97,12 @@ def run_teardown(
     dry_run: bool = False,
     verbose: bool = False,
     echo: Echo = print,
+    wait: bool = False,
 ) -> int:
-    """Destroy a job's namespaces and files; the exit status (1 when something was left)."""
+    """Destroy a job's namespaces and files; the exit status (1 when something was left).
+
+    The job's trees are moved aside and deleted by a detached process, unless ``wait``.
+    """
     from . import engine, plan
     from .layout import BadIndex, check_job_id, index_path, read_index, valid_job_id
     from .loader import load_node_config
@@ -123,19 +127,42 @@ def run_teardown(
         except BadIndex as exc:  # it steers nothing; removed at the end like a valid one
             log.error("%s; ignoring it", exc)
             entry = None
-        teardown_plan = plan.plan_teardown(resolved, job_id, index_file, os.environ, entry)
+        teardown_plan = plan.plan_teardown(resolved, job_id, index_file, os.environ, entry, wait)
         if dry_run:
             echo(teardown_plan.describe())
             return Exit.OK
         if os.geteuid() != 0:
             raise NsctlError("teardown needs root")
         leftovers = engine.teardown(teardown_plan, log)
+        if not wait and resolved is not None:
+            _collect_leftovers_in_the_background(resolved, job_id, log)
         if leftovers:
             raise NsctlError(f"left behind: {', '.join(leftovers)}")
     except NsctlError as exc:
         log.error("teardown failed: %s", exc)
         return Exit.FAILURE
     return Exit.OK
+
+
+def _collect_leftovers_in_the_background(resolved, job_id: str, log) -> None:
+    """What crashes and reboots left in the base paths, collected by a detached nsctl gc, but
+    only when a cheap look finds some: the Epilog itself must return at once."""
+    from . import engine, inventory
+
+    if not inventory.leftovers_seen(resolved, exclude=job_id):
+        return
+
+    def collect() -> None:
+        from . import gc
+        from .log import job_logger
+
+        log = job_logger(None)
+        gc.collect(resolved, log, echo=log.info)
+
+    pid = engine.run_detached(collect)
+    log.info(
+        "leftovers of other jobs found: nsctl gc collects them in the background (pid %d)", pid
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,23 +174,27 @@ usage: nsctl-prolog [--on-error fail|ignore] [--holder PATH] [-v]
 Slurm Prolog entry point: `nsctl setup` for the job in SLURM_JOB_ID, SLURM_JOB_UID,
 SLURM_JOB_GID and SLURM_JOB_USER, with the config beside SLURM_CONF. See nsctl(8)."""
 _EPILOG_USAGE = """\
-usage: nsctl-epilog [-v]
+usage: nsctl-epilog [--wait] [-v]
 
-Slurm Epilog entry point: `nsctl teardown` for the job in SLURM_JOB_ID. See nsctl(8)."""
+Slurm Epilog entry point: `nsctl teardown` for the job in SLURM_JOB_ID. The job's files are
+deleted in the background unless --wait. See nsctl(8)."""
 
 
 class _Usage(Exception):
     pass
 
 
-def _parse(argv: Sequence[str], values: dict) -> dict:
-    """--name VALUE, --name=VALUE and -v/--verbose, for the names ``values`` lists."""
+def _parse(argv: Sequence[str], values: dict, flags: Sequence[str] = ()) -> dict:
+    """--name VALUE, --name=VALUE for the names ``values`` lists; -v/--verbose and ``flags``."""
     parsed: dict = {"verbose": False}
     args = list(argv)
     while args:
         arg = args.pop(0)
         if arg in ("-v", "--verbose"):
             parsed["verbose"] = True
+            continue
+        if arg.startswith("--") and arg[2:] in flags:
+            parsed[arg[2:].replace("-", "_")] = True
             continue
         name, eq, value = arg.partition("=")
         key = name[2:].replace("-", "_")
@@ -180,13 +211,15 @@ def _parse(argv: Sequence[str], values: dict) -> dict:
     return parsed
 
 
-def _hook(argv: Optional[Sequence[str]], usage: str, values: dict, run) -> None:
+def _hook(
+    argv: Optional[Sequence[str]], usage: str, values: dict, run, flags: Sequence[str] = ()
+) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage)
         sys.exit(Exit.OK)
     try:
-        options = _parse(argv, values)
+        options = _parse(argv, values, flags)
     except _Usage as exc:
         print(f"{usage.splitlines()[0]}\nerror: {exc}", file=sys.stderr)
         sys.exit(Exit.USAGE)
@@ -198,4 +231,4 @@ def prolog_main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def epilog_main(argv: Optional[Sequence[str]] = None) -> None:
-    _hook(argv, _EPILOG_USAGE, {}, run_teardown)
+    _hook(argv, _EPILOG_USAGE, {}, run_teardown, flags=("wait",))

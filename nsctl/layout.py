@@ -3,10 +3,13 @@
 On-disk layout for job J under base path B (same names as Slurm's namespace/linux)::
 
     B/J/              root 0700, bind-mounted onto itself, rprivate
+    B/J/.nsctl        empty: "nsctl made this" (nsctl gc never touches a job dir without it)
     B/J/.ns/{pid,user,mnt}   files holding bind mounts of the job's namespaces
     B/J/.J/           owned by the job user, 0700 ("SRC")
     B/J/.J/_tmp/      backing directory of /tmp (each "/" of the target becomes "_")
     D/J/_scratch/     backing directory of a dir_confs entry with its own base_path D
+    D/J/.nsctl        the same mark
+    B/.nsctl-deleting.J.INO   a torn-down job's tree, moved aside, being deleted in the background
 
 Runtime directory (``$NSCTL_RUN_DIR``, default /run/nsctl), every level a root-owned directory
 writable by root alone, reached without a symlink (see fsafe.py)::
@@ -31,6 +34,7 @@ and teardown read it; :class:`IndexEntry` is its one format and its one parser::
     holder_pid=P              (0 when there is no PID namespace)
     holder_start=T            (field 22 of /proc/P/stat, so a reused pid is never trusted)
     dirs=/tmp,/dev/shm        (the private directories inside the job, expanded)
+    tmpfs_dirs=/dev/shm       (those of them that are a fresh tmpfs)
     dir_bases=/scratch        (per-dir base paths other than B, so teardown finds D/J)
     dir_root_ids=DEV:INO      (D/J for each of dir_bases, in the same order)
 """
@@ -45,6 +49,8 @@ from typing import NamedTuple, Optional
 from .errors import InputError
 
 NS_JOIN_ORDER = ("pid", "user", "mnt")
+MARKER = ".nsctl"
+TRASH_PREFIX = ".nsctl-deleting."
 INDEX_VERSION = "1"
 DEFAULT_RUN_DIR = "/run/nsctl"
 INDEX_MAX = 4096  # the SPANK plugin's limit too: an entry is a dozen short lines
@@ -94,6 +100,10 @@ class JobPaths(NamedTuple):
     def src(self) -> str:
         return os.path.join(self.job_dir, f".{self.job_id}")
 
+    @property
+    def marker(self) -> str:
+        return os.path.join(self.job_dir, MARKER)
+
     def dir_job_root(self, dir_base: str) -> str:
         """``D/J`` for a dir_confs entry with its own base_path D."""
         return os.path.join(dir_base, self.job_id)
@@ -102,6 +112,21 @@ class JobPaths(NamedTuple):
         """Backing directory of a bind-mounted target (already %-expanded)."""
         root = self.dir_job_root(dir_base) if dir_base else self.src
         return os.path.join(root, target.replace("/", "_"))
+
+
+def trash_name(job_id: str, ino: int) -> str:
+    """The name a torn-down B/J (or D/J) takes while it is deleted: no job id starts with "."."""
+    return f"{TRASH_PREFIX}{job_id}.{ino}"
+
+
+def parse_trash_name(name: str) -> Optional[str]:
+    """The job id of a trash directory's name, or None when it is not one."""
+    if not name.startswith(TRASH_PREFIX):
+        return None
+    job_id, sep, ino = name[len(TRASH_PREFIX) :].partition(".")
+    if not sep or valid_job_id(job_id) != job_id or not (ino.isascii() and ino.isdigit()):
+        return None
+    return job_id
 
 
 def normal_abs(path: str) -> bool:
@@ -124,6 +149,7 @@ class IndexEntry(NamedTuple):
     namespaces: tuple[str, ...]
     dirs: tuple[str, ...] = ()
     dir_bases: tuple[str, ...] = ()
+    tmpfs_dirs: tuple[str, ...] = ()
     job_dir_id: str = ""
     dir_root_ids: tuple[str, ...] = ()
     holder_pid: int = 0
@@ -151,6 +177,7 @@ class IndexEntry(NamedTuple):
             ("holder_pid", str(self.holder_pid)),
             ("holder_start", self.holder_start),
             ("dirs", ",".join(self.dirs)),
+            ("tmpfs_dirs", ",".join(self.tmpfs_dirs)),
             ("dir_bases", ",".join(self.dir_bases)),
             ("dir_root_ids", ",".join(self.dir_root_ids)),
         )
@@ -178,6 +205,7 @@ class IndexEntry(NamedTuple):
                 job_dir=values["job_dir"],
                 namespaces=_csv(values["namespaces"]),
                 dirs=_csv(values["dirs"]),
+                tmpfs_dirs=_csv(values["tmpfs_dirs"]),
                 dir_bases=_csv(values["dir_bases"]),
                 job_dir_id=values["job_dir_id"],
                 dir_root_ids=_csv(values["dir_root_ids"]),
@@ -203,6 +231,8 @@ class IndexEntry(NamedTuple):
             return f"namespaces {values['namespaces']!r}"
         if not all(normal_abs(base) for base in self.dir_bases):
             return f"dir_bases {values['dir_bases']!r}"
+        if not set(self.tmpfs_dirs) <= set(self.dirs):
+            return f"tmpfs_dirs {values['tmpfs_dirs']!r}"
         if len(self.dir_root_ids) != len(self.dir_bases):
             return "dir_root_ids do not match dir_bases"
         if not all(_is_id(i) for i in (self.job_dir_id, *self.dir_root_ids)):

@@ -7,13 +7,14 @@ works on a job whose setup never finished.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import NamedTuple, Optional, Union
 
 from .config import INIT_SCRIPT_WAIT, USER_NS_SCRIPT_WAIT, NodeConfig, expand_job_path
 from .errors import InputError
 from .jobs import Job
-from .layout import NS_JOIN_ORDER, IndexEntry, JobPaths
+from .layout import MARKER, NS_JOIN_ORDER, IndexEntry, JobPaths
 
 ROOT = 0
 KEEP = -1  # leave the group unchanged
@@ -57,6 +58,15 @@ class MakeNsFile(NamedTuple):
 
     def describe(self) -> str:
         return f"create namespace file {self.path} ({self.kind})"
+
+
+class MakeMarker(NamedTuple):
+    """The empty file that says nsctl made this job directory (nsctl gc acts on no other)."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"create {self.path} (nsctl's mark)"
 
 
 class CheckTarget(NamedTuple):
@@ -159,6 +169,7 @@ Op = Union[
     MakeDir,
     BindSelfPrivate,
     MakeNsFile,
+    MakeMarker,
     CheckTarget,
     RunScript,
     CreateNamespaces,
@@ -242,11 +253,14 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
     ops: list[Op] = [EnsureBase(config.base_path, config.auto_base_path)]
     ops += [EnsureBase(base, config.auto_base_path) for base in dir_bases]
     ops += [CheckTarget(target) for target in targets]
-    ops += [MakeDir(paths.job_dir, 0o700), BindSelfPrivate(paths.job_dir)]
+    ops += [MakeDir(paths.job_dir, 0o700), MakeMarker(paths.marker)]
+    ops += [BindSelfPrivate(paths.job_dir)]
     ops += [MakeDir(paths.ns_dir, 0o700)]
     ops += [MakeNsFile(kind, paths.ns_file(kind)) for kind in kinds]
     ops += [MakeDir(paths.src, 0o700, job.uid)]
-    ops += [MakeDir(paths.dir_job_root(base), 0o700) for base in dir_bases]
+    for base in dir_bases:
+        root = paths.dir_job_root(base)
+        ops += [MakeDir(root, 0o700), MakeMarker(os.path.join(root, MARKER))]
 
     child: list[ChildOp] = [SetPropagation(config.shared)]
     if config.pid_ns:
@@ -297,6 +311,7 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
         namespaces=kinds,
         dirs=targets,
         dir_bases=dir_bases,
+        tmpfs_dirs=tuple(t for d, t in zip(config.dir_confs, targets) if d.tmpfs),
     )
     ops.append(WriteIndex(index_file, entry))
     return Plan(job, paths, tuple(ops), targets, tuple(paths.dir_job_root(b) for b in dir_bases))
@@ -344,13 +359,24 @@ class UnmountNsFiles(NamedTuple):
         return f"unmount {self.job_dir}/.ns/{{pid,user,mnt}} (lazily)"
 
 
+class MeasureTmpfs(NamedTuple):
+    """How much each tmpfs private dir holds, read inside the job's mount namespace while it
+    still exists (for the usage report)."""
+
+    job_dir: str
+    targets: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"measure {', '.join(self.targets)} inside the job's mount namespace"
+
+
 class RemoveJobDir(NamedTuple):
     job_dir: str
 
     def describe(self) -> str:
         return (
-            f"delete everything under {self.job_dir} (no symlinks followed, no mounts "
-            "crossed), then unmount and remove it"
+            f"unmount {self.job_dir} (lazily) and move it aside, within its file system, to a "
+            "name no job id can take"
         )
 
 
@@ -359,7 +385,7 @@ class RemoveDirRoot(NamedTuple):
     expected_id: str
 
     def describe(self) -> str:
-        return f"delete {self.path} (no symlinks followed, no mounts crossed)"
+        return f"open {self.path} like the job directory, and move it aside"
 
 
 class RemoveIndex(NamedTuple):
@@ -369,15 +395,32 @@ class RemoveIndex(NamedTuple):
         return f"remove runtime index {self.path} and its temporary files, if nothing was left"
 
 
+class DeleteMovedAside(NamedTuple):
+    """Delete the trees moved aside: now, or in a detached process at idle priority."""
+
+    job_id: str
+    wait: bool
+    dirs: tuple[str, ...]  # the job's private directories, to name them in the usage report
+
+    def describe(self) -> str:
+        how = "now" if self.wait else "in a detached process at idle CPU and I/O priority"
+        return (
+            f"delete what was moved aside {how} (no symlinks followed, no mounts crossed), "
+            "and log how much each private directory held"
+        )
+
+
 TeardownOp = Union[
     RunScript,
     OpenJobDir,
     KillHolder,
     KillJobProcesses,
+    MeasureTmpfs,
     UnmountNsFiles,
     RemoveJobDir,
     RemoveDirRoot,
     RemoveIndex,
+    DeleteMovedAside,
 ]
 
 
@@ -410,12 +453,19 @@ def plan_teardown(
     index_file: str,
     env: Mapping[str, str],
     entry: Optional[IndexEntry] = None,
+    wait: bool = True,
+    found: tuple[str, ...] = (),
+    found_roots: tuple[str, ...] = (),
 ) -> TeardownPlan:
+    """``wait``: delete the job's files before returning, rather than in the background.
+    ``found``/``found_roots``: nsctl-marked B/J and D/J that nsctl gc found on disk."""
     job_dirs: dict[str, str] = {}  # B/J -> expected id
     roots: dict[str, str] = {}
     if entry is not None:
         job_dirs[entry.job_dir] = entry.job_dir_id
         roots.update(zip(entry.dir_roots, entry.dir_root_ids))
+    job_dirs.update((path, "") for path in found if path not in job_dirs)
+    roots.update((path, "") for path in found_roots if path not in roots)
     epilog = None
     if config is not None and config.enabled and config.base_path:
         paths = JobPaths(config.base_path, job_id)
@@ -425,7 +475,7 @@ def plan_teardown(
                 roots.setdefault(paths.dir_job_root(d.base_path), "")
         if config.clone_ns_epilog:
             # The job's own .ns directory, even if base_path changed since it was set up.
-            ns_dir = entry.ns_dir if entry is not None else paths.ns_dir
+            ns_dir = next(iter(job_dirs)) + "/.ns" if job_dirs else paths.ns_dir
             epilog = RunScript(
                 "clone_ns_epilog",
                 config.clone_ns_epilog,
@@ -434,16 +484,14 @@ def plan_teardown(
             )
     ops: list[TeardownOp] = [epilog] if epilog else []
     for job_dir, expected in job_dirs.items():
-        holder = (
-            (entry.holder_pid, entry.holder_start) if entry and entry.job_dir == job_dir else ()
-        )
-        ops += [
-            OpenJobDir(job_dir, expected),
-            KillHolder(job_dir, *holder),
-            KillJobProcesses(job_dir),
-            UnmountNsFiles(job_dir),
-            RemoveJobDir(job_dir),
-        ]
+        ours = entry is not None and entry.job_dir == job_dir
+        holder = (entry.holder_pid, entry.holder_start) if ours else ()
+        ops += [OpenJobDir(job_dir, expected), KillHolder(job_dir, *holder)]
+        ops.append(KillJobProcesses(job_dir))
+        if ours and entry.tmpfs_dirs:
+            ops.append(MeasureTmpfs(job_dir, entry.tmpfs_dirs))
+        ops += [UnmountNsFiles(job_dir), RemoveJobDir(job_dir)]
     ops += [RemoveDirRoot(root, expected) for root, expected in roots.items()]
     ops.append(RemoveIndex(index_file))
+    ops.append(DeleteMovedAside(job_id, wait, entry.dirs if entry else ()))
     return TeardownPlan(job_id, tuple(ops))

@@ -108,3 +108,82 @@ def in_mount_ns(mnt_ns: NsId) -> list[int]:
     """Every live process whose mount namespace is ``mnt_ns`` (never ourselves, never pid 1)."""
     me = os.getpid()
     return [p for p in pids() if p not in (1, me) and process_ns(p, "mnt") == mnt_ns and alive(p)]
+
+
+def mount_namespaces() -> dict[NsId, int]:
+    """Every mount namespace some process is in, with one of its processes."""
+    found: dict[NsId, int] = {}
+    for pid in pids():
+        ns = process_ns(pid, "mnt")
+        if ns is not None and ns not in found:
+            found[ns] = pid
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo (octal)."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def fs_location(path: str) -> Optional[tuple[str, str]]:
+    """(major:minor, the path within its file system) of a directory, from our mountinfo: how
+    a bind mount of it (or of anything below it) shows in any namespace's mountinfo root field."""
+    try:
+        st = os.stat(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    best: Optional[tuple[str, str]] = None
+    for line in lines:
+        fields = line.split()
+        root, point = _unescape(fields[3]), _unescape(fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if fields[2] == device and inside and (best is None or len(point) > len(best[1])):
+            best = (root, point)
+    if best is None:
+        return None
+    root, point = best
+    rest = path[len(point) :].lstrip("/") if point != "/" else path.lstrip("/")
+    return device, os.path.normpath(os.path.join(root, rest))
+
+
+def mounted_elsewhere(paths: list[str], exclude: tuple = ()) -> list[tuple[int, str]]:
+    """(pid, mount point) of every mount of one of ``paths``, or of something below it, in the
+    mount namespace of any process but ours (and those in ``exclude``): a job's backing
+    directory bound into a job's task, or into a namespace a task made (a container), keeps the
+    job in use after its .ns files are gone."""
+    wanted = [loc for loc in map(fs_location, paths) if loc is not None]
+    if not wanted:
+        return []
+    skip = {process_ns(os.getpid(), "mnt"), *exclude}
+    hits = []
+    for ns, pid in mount_namespaces().items():
+        if ns in skip:
+            continue
+        try:
+            with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="replace") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            root = _unescape(fields[3])
+            if root.endswith("//deleted"):
+                continue  # the directory it came from is gone: not one of ours now
+            for device, rel in wanted:
+                if fields[2] == device and (root == rel or root.startswith(rel.rstrip("/") + "/")):
+                    hits.append((pid, _unescape(fields[4])))
+    return hits

@@ -65,7 +65,7 @@ def job_cycle(lab, python: str, job_id: str, *setup_args: str) -> None:
     assert proc_state(holder) in ("S", "R"), "the holder must be running after setup"
     out = run(python, "join", "--job-id", job_id, "--", "/bin/sh", "-c", "ps -o pid=,args= -p 1")
     assert out.stdout.split(None, 1) == ["1", f"nsctl: [{job_id}:namespace]\n"]
-    run(python, "teardown", "--job-id", job_id)
+    run(python, "teardown", "--wait", "--job-id", job_id)
     assert proc_state(holder) in (None, "Z")
     assert lab.job_files() == [] and lab.index_entries() == []
 

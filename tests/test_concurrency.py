@@ -48,7 +48,7 @@ def _cycle(job_id: str) -> subprocess.CompletedProcess:
         {NSCTL} setup --job-id {job_id} --user nobody
         {NSCTL} join --job-id {job_id} --as-user -- /bin/sh -ec \
             'echo {job_id} > /tmp/mine; ls -A /tmp; cat /tmp/mine; ls -A /dev/shm | wc -l'
-        {NSCTL} teardown --job-id {job_id}
+        {NSCTL} teardown --wait --job-id {job_id}
     """
     return subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=300)
 
@@ -85,7 +85,7 @@ def test_concurrent_setups_of_the_same_job_create_it_once(lab):
         out = as_user("501", "ls -A /tmp | wc -l; ps -o args= -p 1").stdout.split("\n")
         assert out[0] == "0" and out[1].startswith("nsctl: [501:namespace]")
     finally:
-        ok(nsctl("teardown", "--job-id", "501"))
+        ok(nsctl("teardown", "--wait", "--job-id", "501"))
     assert lab.job_files() == [] and lab.index_entries() == [] and live_children() == []
 
 
@@ -98,7 +98,7 @@ def test_setup_and_teardown_of_the_same_job_racing_end_consistent(lab):
             stderr=subprocess.PIPE,
         )
         teardown = subprocess.Popen(
-            [sys.executable, "-m", "nsctl", "teardown", "--job-id", job_id],
+            [sys.executable, "-m", "nsctl", "teardown", "--wait", "--job-id", job_id],
             stderr=subprocess.PIPE,
         )
         assert setup.wait(timeout=120) == 0, setup.stderr.read()
@@ -109,7 +109,7 @@ def test_setup_and_teardown_of_the_same_job_racing_end_consistent(lab):
         if lab.index_entries() == [job_id]:
             assert as_user(job_id, "ls -A /tmp | wc -l").stdout == "0\n"
             assert len(live_children()) == 1
-            ok(nsctl("teardown", "--job-id", job_id))
+            ok(nsctl("teardown", "--wait", "--job-id", job_id))
         assert lab.index_entries() == [] and live_children() == []
         assert not os.path.lexists(os.path.join(lab.base, job_id))
 
@@ -132,7 +132,7 @@ def test_requeued_job_with_a_dead_namespace_is_cleaned_and_recreated(lab, holder
         assert as_user("701", "ls -A /tmp | wc -l").stdout == "0\n"
         assert len(live_children()) == 1
     finally:
-        ok(nsctl("teardown", "--job-id", "701"))
+        ok(nsctl("teardown", "--wait", "--job-id", "701"))
     assert lab.job_files() == [] and lab.index_entries() == []
 
 
@@ -149,7 +149,7 @@ def test_requeued_job_after_a_reboot_finds_only_files_and_recreates(lab):
         ok(nsctl("setup", "--job-id", "702", "--user", "nobody"))
         assert as_user("702", "ls -A /tmp | wc -l").stdout == "0\n"
     finally:
-        ok(nsctl("teardown", "--job-id", "702"))
+        ok(nsctl("teardown", "--wait", "--job-id", "702"))
     assert lab.job_files() == [] and lab.index_entries() == []
 
 
@@ -173,6 +173,6 @@ def test_teardown_of_100000_files_removes_everything(lab):
         backing = os.path.join(lab.base, "801", ".801", "_tmp")
         assert sum(len(files) for _, _, files in os.walk(backing)) == 100_000
     finally:
-        ok(nsctl("teardown", "--job-id", "801"))
+        ok(nsctl("teardown", "--wait", "--job-id", "801"))
     assert not os.path.lexists(os.path.join(lab.base, "801"))
     assert lab.job_files() == [] and lab.index_entries() == []

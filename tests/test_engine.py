@@ -45,7 +45,7 @@ def setup(job_id: str, user: str = "nobody", *extra) -> subprocess.CompletedProc
 
 
 def teardown(job_id: str) -> subprocess.CompletedProcess:
-    return nsctl("teardown", "--job-id", job_id)
+    return nsctl("teardown", "--wait", "--job-id", job_id)
 
 
 def test_private_tmp_is_empty_owned_by_the_user_0700_and_backed_on_disk(lab, job_user):
@@ -319,7 +319,7 @@ def test_scripts_get_exactly_slurms_environment(lab, job_user):
     env = {**os.environ, "SLURM_CONF": "/etc/slurm/slurm.conf", "SLURM_JOB_CPUS": "4"}
     env["NSCTL_CONFIG"] = lab.config
     nsctl("setup", "--job-id", "901", "--user", "nobody", env=env)
-    nsctl("teardown", "--job-id", "901", env=env)
+    nsctl("teardown", "--wait", "--job-id", "901", env=env)
     ns = os.path.join(lab.base, "901", ".ns")
     src = os.path.join(lab.base, "901", ".901")
     common = {
@@ -374,7 +374,7 @@ def test_setup_is_idempotent_and_teardown_too(lab):
     assert pathlib.Path(index).read_text() == first
     teardown("1001")
     teardown("1001")  # already gone: success
-    nsctl("teardown", "--job-id", "1002")  # never existed: success
+    nsctl("teardown", "--wait", "--job-id", "1002")  # never existed: success
     assert lab.job_files() == [] and lab.index_entries() == []
 
 

@@ -69,7 +69,7 @@ def test_holder_is_named_detached_and_reaps_orphans(lab, holder_args):
         out = nsctl("join", "--job-id", "51", "--", "/bin/sh", "-c", script, check=False)
         assert out.stdout.strip() == "0", out
     finally:
-        nsctl("teardown", "--job-id", "51")
+        nsctl("teardown", "--wait", "--job-id", "51")
 
 
 def test_holder_ignores_signals_but_teardown_kills_it(lab, holder_args):
@@ -83,7 +83,7 @@ def test_holder_ignores_signals_but_teardown_kills_it(lab, holder_args):
         assert proc_state(pid) != "Z"
         assert nsctl("join", "--job-id", "52", "--", "/bin/true", check=False).returncode == 0
     finally:
-        nsctl("teardown", "--job-id", "52")
+        nsctl("teardown", "--wait", "--job-id", "52")
     assert lab.index_entries() == []
 
 
@@ -119,7 +119,7 @@ def test_holder_gets_oom_score_adj_minus_999_or_a_warning_why_not(lab):
         else:
             assert score == "0" and warning in result.stderr
     finally:
-        nsctl("teardown", "--job-id", "54")
+        nsctl("teardown", "--wait", "--job-id", "54")
 
 
 def test_the_contrib_prolog_passes_its_holder_variable(lab, c_holder):
@@ -147,4 +147,4 @@ def test_the_contrib_prolog_passes_its_holder_variable(lab, c_holder):
         pid = _holder_pid(lab, "55")
         assert os.readlink(f"/proc/{pid}/exe") == c_holder
     finally:
-        nsctl("teardown", "--job-id", "55")
+        nsctl("teardown", "--wait", "--job-id", "55")

@@ -41,7 +41,7 @@ def test_prolog_and_epilog_run_a_job_from_slurms_environment(lab):
     assert hook("nsctl-prolog", env=env).returncode == 0
     assert lab.index_entries() == ["61"]
     assert hook("nsctl-prolog", env=env).returncode == 0  # a second run changes nothing
-    result = hook("nsctl-epilog", "-v", env=env)
+    result = hook("nsctl-epilog", "--wait", "-v", env=env)
     assert result.returncode == 0, result.stderr
     assert "nsctl: job 61: INFO: killing holder pid" in result.stderr
     assert lab.index_entries() == [] and lab.job_files() == []
@@ -129,7 +129,7 @@ def test_the_index_stays_readable_by_job_users_under_a_strict_umask(lab):
         assert read.returncode == 0, read.stderr
         assert "dirs=/tmp,/dev/shm\n" in read.stdout
     finally:
-        assert hook("nsctl-epilog", env=env).returncode == 0
+        assert hook("nsctl-epilog", "--wait", env=env).returncode == 0
     assert lab.index_entries() == [] and lab.job_files() == []
 
 
@@ -150,7 +150,7 @@ def test_the_epilog_tears_down_from_the_index_whatever_the_config_says(lab):
         env = slurm_env(lab, job_id)
         assert hook("nsctl-prolog", env=env).returncode == 0
         lab.write_config(text)
-        result = hook("nsctl-epilog", env=env)
+        result = hook("nsctl-epilog", "--wait", env=env)
         assert result.returncode == 0, f"{name}: {result.stderr}"
         assert "Traceback" not in result.stderr, name
         assert "tearing down from the runtime index only" in result.stderr, name
@@ -171,7 +171,7 @@ def test_the_epilog_survives_an_internal_error_reading_the_config(lab, monkeypat
     monkeypatch.setattr(validate, "check_text", broken)
     monkeypatch.setenv("NSCTL_CONFIG", lab.config)
     lab.write_config(CONFIG + "# edited, so the cache cannot answer\n")
-    assert hooks.run_teardown(job_id="79") == 0
+    assert hooks.run_teardown(job_id="79", wait=True) == 0
     logged = capsys.readouterr().err
     assert "reading the config failed; tearing down from the runtime index only" in logged
     assert "RuntimeError: a bug" in logged

@@ -202,7 +202,7 @@ def job(request, lab):
     try:
         yield job_id
     finally:
-        ok(nsctl("teardown", "--job-id", job_id))
+        ok(nsctl("teardown", "--wait", "--job-id", job_id))
     assert lab.job_files() == [] and lab.index_entries() == []
 
 
@@ -267,7 +267,7 @@ def test_tiocsti_from_the_job_reaches_nothing_of_the_callers(lab, terminal, via)
         else:
             assert terminal.pending_input() == b"id # typed by the job\n" * 2
     finally:
-        ok(nsctl("teardown", "--job-id", "2611"))
+        ok(nsctl("teardown", "--wait", "--job-id", "2611"))
 
 
 READER = r"""
@@ -326,7 +326,7 @@ def test_a_background_reader_left_by_the_job_cannot_read_what_root_types_next(la
         if reader_pid:
             os.kill(reader_pid, signal.SIGKILL)
             os.waitpid(reader_pid, 0)
-        ok(nsctl("teardown", "--job-id", "2612"))
+        ok(nsctl("teardown", "--wait", "--job-id", "2612"))
 
 
 def wait_for(path: str, data: bytes, timeout: float = 10) -> None:

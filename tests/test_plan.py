@@ -30,6 +30,7 @@ def test_setup_plan_for_n3_of_the_reference_example():
         "CheckTarget",
         "CheckTarget",
         "MakeDir",
+        "MakeMarker",
         "BindSelfPrivate",
         "MakeDir",
         "MakeNsFile",
@@ -86,7 +87,15 @@ def test_dir_paths_are_expanded_per_job():
 
 def test_teardown_plan_covers_config_and_index_locations():
     entry = IndexEntry(
-        "42", 1000, 1000, "alice", "/old/base/42", ("mnt",), (), ("/old/scratch",), "1:2", ("1:3",)
+        "42",
+        1000,
+        1000,
+        "alice",
+        "/old/base/42",
+        ("mnt",),
+        dir_bases=("/old/scratch",),
+        job_dir_id="1:2",
+        dir_root_ids=("1:3",),
     )
     tp = plan.plan_teardown(resolved("n3"), "42", "/run/nsctl/jobs/42", ENV, entry)
     assert tp.job_dirs == ("/old/base/42", "/var/nvme/storage_1/42")

@@ -203,9 +203,10 @@ def fill_inodes(base: str, leave: int) -> list[str]:
     return names
 
 
-# With a PID namespace, setup makes 6 inodes on the base, in this order.
+# With a PID namespace, setup makes 7 inodes on the base, in this order.
 INODE_STEPS = [
     "mkdir {job}",
+    "create {job}/.nsctl (nsctl's mark)",
     "mkdir {job}/.ns",
     "create namespace file {job}/.ns/pid",
     "create namespace file {job}/.ns/mnt",
@@ -505,7 +506,7 @@ def test_einval_binding_the_mnt_namespace_succeeds_on_a_later_attempt(lab, fake_
         # The abandoned attempts left no process behind: our only live child is the holder.
         assert live_children() == [result.holder_pid]
     finally:
-        assert nsctl("teardown", "--job-id", "44").returncode == 0
+        assert nsctl("teardown", "--wait", "--job-id", "44").returncode == 0
     assert_nothing_left(lab, "44")
 
 
@@ -562,7 +563,7 @@ def test_a_read_only_runtime_dir_is_a_setup_failure_under_the_fail_policy(
     lock = os.path.join(read_only_run_dir, "locks", "nsctl.lock")
     assert "setup failed: lock " in result.stderr and "Read-only file system" in result.stderr
     assert lock in result.stderr
-    result = nsctl("teardown", "--job-id", "52")
+    result = nsctl("teardown", "--wait", "--job-id", "52")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "teardown failed: lock " in result.stderr
     assert job_mounts(lab) == [read_only_run_dir]
@@ -663,5 +664,5 @@ def test_umount_error_other_than_einval_stops_teardown_before_deleting(lab, caps
         assert os.path.isdir(os.path.join(lab.base, "81", ".81", "_tmp"))
         assert lab.index_entries() == ["81"]
     finally:
-        assert nsctl("teardown", "--job-id", "81").returncode == 0
+        assert nsctl("teardown", "--wait", "--job-id", "81").returncode == 0
     assert_nothing_left(lab, "81")

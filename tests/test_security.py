@@ -110,7 +110,7 @@ def test_a_sticky_world_writable_ancestor_is_fine(lab):
     assert os.stat("/var/tmp").st_mode & stat.S_ISVTX
     lab.write_config(MNT_ONLY)
     setup("603")
-    ok(nsctl("teardown", "--job-id", "603"))
+    ok(nsctl("teardown", "--wait", "--job-id", "603"))
 
 
 def test_teardown_acts_only_on_the_job_dir_setup_made_after_a_swap(lab):
@@ -128,7 +128,7 @@ def test_teardown_acts_only_on_the_job_dir_setup_made_after_a_swap(lab):
     swap = as_nobody(f"mv {base} {base}.away && ln -s {victim} {base}")
     assert swap.returncode == 0, swap.stderr
     try:
-        result = nsctl("teardown", "--job-id", "604")
+        result = nsctl("teardown", "--wait", "--job-id", "604")
         assert result.returncode == 1, result.stderr
         assert f"left {base}/604 alone" in result.stderr
         assert os.path.isdir(os.path.join(victim, "604", "data"))  # nothing of it deleted
@@ -141,7 +141,7 @@ def test_teardown_acts_only_on_the_job_dir_setup_made_after_a_swap(lab):
         os.rename(base + ".away", base)
         os.chmod(up, 0o755)
     # Back where setup made it, the very same directory: the next teardown finishes the job.
-    ok(nsctl("teardown", "--job-id", "604"))
+    ok(nsctl("teardown", "--wait", "--job-id", "604"))
     assert os.listdir(base) == [] and lab.index_entries() == []
 
 
@@ -156,13 +156,13 @@ def test_teardown_refuses_a_job_dir_that_is_not_the_one_setup_made(lab):
     dev, ino = os.lstat(job_dir).st_dev, os.lstat(job_dir).st_ino
     with open(index, "w", encoding="utf-8") as handle:
         handle.write(real.replace(f"job_dir_id={dev}:{ino}\n", f"job_dir_id={dev}:{ino + 1}\n"))
-    result = nsctl("teardown", "--job-id", "605")
+    result = nsctl("teardown", "--wait", "--job-id", "605")
     assert result.returncode == 1
     assert f"left {job_dir} alone: it is not the directory setup made" in result.stderr
     assert os.path.isdir(os.path.join(job_dir, ".605")) and lab.index_entries() == ["605"]
     with open(index, "w", encoding="utf-8") as handle:
         handle.write(real)
-    ok(nsctl("teardown", "--job-id", "605"))
+    ok(nsctl("teardown", "--wait", "--job-id", "605"))
     assert lab.job_files() == [] and lab.index_entries() == []
 
 
@@ -191,7 +191,7 @@ def test_runtime_dir_levels_get_exact_modes_whatever_the_umask(lab):
         )
         assert attack.stdout.split() == ["no-lock", "no-index"], attack
     finally:
-        ok(nsctl("teardown", "--job-id", "611"))
+        ok(nsctl("teardown", "--wait", "--job-id", "611"))
 
 
 @pytest.mark.parametrize("level", ["", "jobs", "locks"])
@@ -237,7 +237,7 @@ def test_teardown_kills_processes_left_in_a_job_without_pid_namespace(lab):
     in_job("621", "setsid sleep 120 >/dev/null 2>&1 < /dev/null &")
     left = procfs.in_mount_ns(mnt_ns)
     assert left, "the job's daemon should be running"
-    ok(nsctl("teardown", "--job-id", "621"))
+    ok(nsctl("teardown", "--wait", "--job-id", "621"))
     assert procfs.in_mount_ns(mnt_ns) == []
     assert all(proc_state(pid) in (None, "Z") for pid in left)
     assert lab.job_files() == [] and lab.index_entries() == []
@@ -254,7 +254,7 @@ def test_teardown_wins_against_a_process_writing_to_tmp_meanwhile(lab):
         setup(job_id)
         in_job(job_id, writer)
         time.sleep(0.05)  # let it create a few hundred entries
-        result = nsctl("teardown", "--job-id", job_id)
+        result = nsctl("teardown", "--wait", "--job-id", job_id)
         assert result.returncode == 0, f"round {round_}: {result.stderr}"
     assert lab.job_files() == [] and lab.index_entries() == []
     assert [pid for pid in live_children() if proc_state(pid) not in (None, "Z")] == []
@@ -265,7 +265,7 @@ def test_teardown_never_kills_processes_outside_the_job(lab):
     setup("632")
     bystander = subprocess.Popen(["/bin/sleep", "60"])  # in the node's mount namespace
     try:
-        ok(nsctl("teardown", "--job-id", "632"))
+        ok(nsctl("teardown", "--wait", "--job-id", "632"))
         assert bystander.poll() is None
     finally:
         bystander.send_signal(signal.SIGKILL)
@@ -300,7 +300,7 @@ def test_a_live_job_id_set_up_for_another_owner_is_rebuilt(lab, second_user):
         out = in_job("641", "id -un; stat -c %U /tmp").stdout.split()
         assert out == [second_user.pw_name, second_user.pw_name]
     finally:
-        ok(nsctl("teardown", "--job-id", "641"))
+        ok(nsctl("teardown", "--wait", "--job-id", "641"))
 
 
 def test_the_same_job_set_up_twice_is_left_alone(lab):
@@ -312,7 +312,7 @@ def test_the_same_job_set_up_twice_is_left_alone(lab):
         assert "already set up; nothing to do" in again.stderr
         assert int(index_entry(lab.run, "642")["holder_pid"]) == holder
     finally:
-        ok(nsctl("teardown", "--job-id", "642"))
+        ok(nsctl("teardown", "--wait", "--job-id", "642"))
 
 
 def test_a_live_job_with_other_namespaces_is_rebuilt(lab):
@@ -324,7 +324,7 @@ def test_a_live_job_with_other_namespaces_is_rebuilt(lab):
         assert "does not match this job (namespaces is mnt, not pid,mnt)" in result.stderr
         assert index_entry(lab.run, "643")["namespaces"] == "pid,mnt"
     finally:
-        ok(nsctl("teardown", "--job-id", "643"))
+        ok(nsctl("teardown", "--wait", "--job-id", "643"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_a_live_job_with_other_namespaces_is_rebuilt(lab):
 def test_setup_and_teardown_remove_the_jobs_temporary_index_files(lab):
     lab.write_config(MNT_ONLY)
     jobs = os.path.join(lab.run, "jobs")
-    ok(nsctl("teardown", "--job-id", "651"))  # makes the runtime directory
+    ok(nsctl("teardown", "--wait", "--job-id", "651"))  # makes the runtime directory
     os.makedirs(jobs, exist_ok=True)
     # What a kill -9 at the rename leaves: J.tmp.PID (and another job's, which stays).
     for name in ("651.tmp.4242", "651.tmp.77", "6510.tmp.1"):
@@ -342,7 +342,7 @@ def test_setup_and_teardown_remove_the_jobs_temporary_index_files(lab):
     setup("651")
     assert sorted(os.listdir(jobs)) == ["651", "6510.tmp.1"]
     open(os.path.join(jobs, "651.tmp.99"), "w").close()
-    ok(nsctl("teardown", "--job-id", "651"))
+    ok(nsctl("teardown", "--wait", "--job-id", "651"))
     assert sorted(os.listdir(jobs)) == ["6510.tmp.1"]
     os.unlink(os.path.join(jobs, "6510.tmp.1"))
 
@@ -371,7 +371,7 @@ def test_a_zero_padded_job_id_is_logged_and_stored_normalised(lab):
         assert "job 0042" not in result.stderr and "nsctl: job 42: " in result.stderr
         assert lab.index_entries() == ["42"] and os.path.isdir(os.path.join(lab.base, "42"))
     finally:
-        result = ok(nsctl("teardown", "--job-id", "00042", "--verbose"))
+        result = ok(nsctl("teardown", "--wait", "--job-id", "00042", "--verbose"))
     assert "job 00042" not in result.stderr and "nsctl: job 42: " in result.stderr
     assert lab.job_files() == []
 
@@ -394,4 +394,4 @@ def test_a_scripts_output_reaches_the_log_capped(lab):
             result.stderr
         )
     finally:
-        ok(nsctl("teardown", "--job-id", "661"))
+        ok(nsctl("teardown", "--wait", "--job-id", "661"))
