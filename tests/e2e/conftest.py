@@ -30,6 +30,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+STARTED: list[tuple[slurmlab.Lab, dict[str, set[int]]]] = []  # every lab of the session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_stays_clean() -> Iterator[None]:
+    """After the session (every lab stopped): nothing of any lab is left on the host, neither
+    a process in one of their namespaces, nor a mount under the lab directories or the cached
+    roots, nor an entry naming a lab in the host's /run/nsctl."""
+    yield
+    problems = [p for cluster, namespaces in STARTED for p in cluster.host_leftovers(namespaces)]
+    for mountinfo in ("/proc/self/mountinfo", "/proc/1/mountinfo"):
+        for prefix in (str(slurmlab.LAB_PARENT), str(slurmlab.roots.CACHE)):
+            problems += [
+                f"mount {m} ({mountinfo})" for m in slurmlab.mounts_under(prefix, mountinfo)
+            ]
+    assert not problems, "the e2e labs leaked onto the host:\n" + "\n".join(sorted(set(problems)))
+
+
 def run_lab(cluster: slurmlab.Lab) -> Iterator[slurmlab.Lab]:
     """Bring a lab up, hand it to the tests, and check that it leaves nothing: in the lab while
     it still runs (jobs' mounts, index entries, holders), then on the host once it stopped."""
@@ -40,6 +58,7 @@ def run_lab(cluster: slurmlab.Lab) -> Iterator[slurmlab.Lab]:
     try:
         cluster.prepare()
         namespaces = cluster.recorded_namespaces()
+        STARTED.append((cluster, namespaces))
         yield cluster
         if cluster.daemons_alive():
             cluster.cancel_all()
@@ -60,3 +79,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
 def observations(lab: slurmlab.Lab) -> dict[str, dict[str, object]]:
     """What each isolation mode showed on this version, for the parity comparison."""
     return {}
+
+
+@pytest.fixture(scope="session", params=slurmlab.VERSIONS, ids=IDS)
+def cluster3(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
+    """Three slurmd nodes n1, n2, n3 (own hostnames, addresses, /run, local disk) and one
+    slurmctld."""
+    yield from run_lab(slurmlab.Lab(request.param, nodes=("n1", "n2", "n3")))

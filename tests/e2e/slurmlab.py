@@ -156,7 +156,9 @@ class Lab:
         self.lib = self.root / "lib"
         self.conf = self.etc / "slurm.conf"
         self.local = self.root / "local"  # each node's own disk: LAB/nodes/<node> bound here
-        self.ns_base = self.root / "ns"  # nsctl's base_path
+        # nsctl's default base_path: in the shared lab dir for one node, on the node's own disk
+        # for several (a job's dir is B/J on every node it runs on).
+        self.ns_base = (self.root if len(self.nodes) == 1 else self.local) / "ns"
         self.jc_base = self.root / "jc"  # job_container/tmpfs and namespace/tmpfs BasePath
         self.nl_base = self.root / "nl"  # namespace/linux base_path
         self.home = self.root / "home"  # the job user's working directory (shared by its jobs)
@@ -423,8 +425,14 @@ class Lab:
             (self.etc / "cgroup.conf").unlink()
         # nsctl mode uses the plugin's default index (/run/nsctl/jobs), as the README does;
         # spank mode feeds it hand-made entries through the index_dir= argument.
+        # Slurm reads plugstack.conf beside slurm.conf even without PlugStackConfig=: the other
+        # modes get none, so the plugin is loaded only where the mode says.
+        plugstack = self.etc / "plugstack.conf"
         argument = f" index_dir={self.spank_index}" if mode == "spank" else ""
-        (self.etc / "plugstack.conf").write_text(f"required {self.plugin}{argument}\n")
+        if mode in ("spank", "nsctl"):
+            plugstack.write_text(f"required {self.plugin}{argument}\n")
+        else:
+            plugstack.unlink(missing_ok=True)
         self.install_contrib(on_error)
         self.start_daemons()
         self.mode, self.settings = mode, settings
@@ -448,13 +456,19 @@ class Lab:
             self.stop_daemons()
             raise
 
-    def daemon_pids(self, exe: str) -> list[int]:
-        return [pid for pid in self.processes() if exe_name(pid) == exe]
+    def daemon_pids(self, exe: str, main: bool = False) -> list[int]:
+        """The lab's processes running `exe`; with main, not those forked by another one
+        (slurmctld 23.02 and later runs its scripts from a forked slurmctld, slurmscriptd)."""
+        table = labns.process_table()
+        pids = [pid for pid in self.processes() if exe_name(pid) == exe]
+        return [pid for pid in pids if not (main and table.get(pid) in pids)]
 
     def daemons_alive(self) -> bool:
-        return len(self.daemon_pids("slurmctld")) == 1 and len(self.daemon_pids("slurmd")) == len(
-            self.nodes
+        ctld, slurmd = (
+            self.daemon_pids("slurmctld", main=True),
+            self.daemon_pids("slurmd", main=True),
         )
+        return len(ctld) == 1 and len(slurmd) == len(self.nodes)
 
     def stop_daemons(self) -> None:
         if self.space is None or not self.space.alive():
@@ -463,20 +477,20 @@ class Lab:
             self.cancel_all()
         self.settings = None
         for exe in ("slurmd", "slurmctld"):
-            self._stop_processes(self.daemon_pids(exe))
+            self._stop_daemon(exe)
 
-    def _stop_processes(self, pids: list[int], timeout: float = 20.0) -> None:
-        """SIGTERM verified lab processes and wait for them to go; SIGKILL those that hang."""
-        for pid in pids:
+    def _stop_daemon(self, exe: str, timeout: float = 20.0) -> None:
+        """SIGTERM the lab's main `exe` processes, wait until no `exe` is left (helpers they
+        forked go with them); SIGKILL whatever hangs."""
+        for pid in self.daemon_pids(exe, main=True):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            alive = set(pids) & self.processes()
-            if not alive:
+            if not self.daemon_pids(exe):
                 return
             time.sleep(0.05)
-        for pid in set(pids) & self.processes():
+        for pid in self.daemon_pids(exe):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
