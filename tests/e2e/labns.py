@@ -4,8 +4,8 @@ A lab is a small tree of namespaces made with util-linux, so that labs never mee
 the host:
 
 - the **lab** (the controller's side): new mount, PID, network, UTS and IPC namespaces. Its mount
-  namespace has pivot_root'ed into a Debian root (read-only), with its own proc, cgroup2 alone at
-  /sys/fs/cgroup, fresh tmpfs on /run, /tmp and /dev/shm, and the lab directory bound at its own
+  namespace has pivot_root'ed into a Debian root (read-only), with its own proc, the host's /sys
+  and /dev, fresh tmpfs on /run, /tmp and /dev/shm, and the lab directory bound at its own
   path, so the host and the lab name every lab file alike. pivot_root, not chroot: setns() into a
   mount namespace resets the caller's root to that namespace's root mount, which under chroot
   would be the host's / (slurmd joins job namespaces and then execs slurmstepd).
@@ -198,21 +198,15 @@ def tail(path: Path, size: int = 4000) -> str:
         return ""
 
 
-def mount_script(
-    root: Path, binds: list[tuple[str, str, bool]], readonly: bool, cgroup2: bool = False
-) -> list[str]:
+def mount_script(root: Path, binds: list[tuple[str, str, bool]], readonly: bool) -> list[str]:
     """Shell lines that build the lab's view of the root and pivot_root into it (host tools)."""
     r = shlex.quote(str(root))
     lines = [
         f"mount --bind {r} {r}",  # / must be a mount point (pivot_root; namespace/linux)
         f"mount -t proc proc {r}/proc",
+        # The host's cgroup layout as it is (v1 + a hybrid v2): 22.05 autodetects cgroup/v1
+        # there and dies on cgroup2 alone; 24.11 and later run on it with CgroupPlugin=disabled.
         f"mount --rbind /sys {r}/sys",
-    ]
-    if cgroup2:
-        # Slurm 24.11 and later refuse the host's hybrid v1 + v2 layout: cgroup2 alone.
-        lines += [f"umount -l {r}/sys/fs/cgroup 2>/dev/null || true",
-                  f"mount -t cgroup2 cgroup2 {r}/sys/fs/cgroup"]  # fmt: skip
-    lines += [
         f"mount --rbind /dev {r}/dev",
         f"mount -t tmpfs -o mode=1777 tmpfs {r}/dev/shm",
         f"mount -t tmpfs -o mode=0755 tmpfs {r}/run",
@@ -237,15 +231,13 @@ def start_lab(
     hostname: str,
     binds: list[tuple[str, str, bool]],
     log: Path,
-    cgroup2: bool,
 ) -> Space:
-    """The lab's namespaces, pivot_root'ed into root, PID 1 = init.py; see the module doc.
-    cgroup2: mount cgroup2 alone on /sys/fs/cgroup (else the host's layout stays)."""
+    """The lab's namespaces, pivot_root'ed into root, PID 1 = init.py; see the module doc."""
     init_py = lab_dir / "init.py"
     init_py.write_text(INIT)
     lines = ["set -eu", f"echo {shlex.quote(hostname)} > /proc/sys/kernel/hostname"]
     binds = [(str(lab_dir), str(lab_dir), False), *binds]
-    lines += mount_script(root, binds, readonly=True, cgroup2=cgroup2)
+    lines += mount_script(root, binds, readonly=True)
     lines.append(f"exec /usr/bin/python3 {shlex.quote(str(init_py))} lab {shlex.quote(name)}")
     argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
             "--net", "--uts", "--ipc", "/bin/sh", "-c", "\n".join(lines)]  # fmt: skip

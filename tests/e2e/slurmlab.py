@@ -285,13 +285,9 @@ class Lab:
 
     def _start_spaces(self, wheels: Path) -> None:
         binds = [(str(wheels), WHEELS, True), (str(self.etc / "hosts"), "/etc/hosts", True)]
-        # 22.05 autodetects cgroup/v1 on the host's hybrid layout and dies on cgroup2 alone
-        # ("Hybrid mode is not supported": its /proc/self/cgroup still lists v1); 24.11 and
-        # later need cgroup2 alone, even with CgroupPlugin=disabled.
         self.space = labns.start_lab(
-            self.name, self.system_root, self.root, CTL_HOST, binds, self.log_dir / "lab.log",
-            cgroup2=self.version != "22.05",
-        )  # fmt: skip
+            self.name, self.system_root, self.root, CTL_HOST, binds, self.log_dir / "lab.log"
+        )
         for node in self.nodes:
             self.node_spaces[node] = labns.start_node(
                 self.space, node, self.hostnames[node], self.root, self.local,
@@ -419,7 +415,9 @@ class Lab:
         (self.etc / "job_container.conf").write_text(
             f"AutoBasePath=true\nBasePath={self.jc_base}\n"
         )
-        # cgroup.conf: 24.11 and later load a cgroup plugin even with proctrack/linuxproc.
+        # 24.11 and later load a cgroup plugin even with proctrack/linuxproc and task/none, and
+        # the autodetected cgroup/v2 dies on this host's hybrid layout ("Hybrid mode is not
+        # supported", as /proc/self/cgroup lists v1 hierarchies whatever is mounted).
         (self.etc / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
         if self.version == "22.05":
             (self.etc / "cgroup.conf").unlink()
