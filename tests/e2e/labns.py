@@ -198,8 +198,14 @@ def tail(path: Path, size: int = 4000) -> str:
         return ""
 
 
-def mount_script(root: Path, binds: list[tuple[str, str, bool]], readonly: bool) -> list[str]:
-    """Shell lines that build the lab's view of the root and pivot_root into it (host tools)."""
+def mount_script(
+    root: Path, binds: list[tuple[str, str, bool]], readonly: bool, scratch: Iterable[str] = ()
+) -> list[str]:
+    """Shell lines that build the lab's view of the root and pivot_root into it (host tools).
+
+    binds are (host path, path inside, read-only); their mount points are made on `scratch`
+    tmpfs mounts (existing directories of the root) where possible, so that running a lab
+    leaves nothing in the cached root."""
     r = shlex.quote(str(root))
     lines = [
         f"mount --bind {r} {r}",  # / must be a mount point (pivot_root; namespace/linux)
@@ -212,6 +218,7 @@ def mount_script(root: Path, binds: list[tuple[str, str, bool]], readonly: bool)
         f"mount -t tmpfs -o mode=0755 tmpfs {r}/run",
         f"mount -t tmpfs -o mode=1777 tmpfs {r}/tmp",
     ]
+    lines += [f"mount -t tmpfs -o mode=0755 tmpfs {r}{shlex.quote(d)}" for d in scratch]
     for source, target, read_only in binds:
         inside = shlex.quote(str(root) + target)
         make = f"mkdir -p {inside}" if os.path.isdir(source) else f"[ -e {inside} ] || : > {inside}"
@@ -231,13 +238,14 @@ def start_lab(
     hostname: str,
     binds: list[tuple[str, str, bool]],
     log: Path,
+    scratch: Iterable[str] = (),
 ) -> Space:
     """The lab's namespaces, pivot_root'ed into root, PID 1 = init.py; see the module doc."""
     init_py = lab_dir / "init.py"
     init_py.write_text(INIT)
     lines = ["set -eu", f"echo {shlex.quote(hostname)} > /proc/sys/kernel/hostname"]
     binds = [(str(lab_dir), str(lab_dir), False), *binds]
-    lines += mount_script(root, binds, readonly=True)
+    lines += mount_script(root, binds, readonly=True, scratch=scratch)
     lines.append(f"exec /usr/bin/python3 {shlex.quote(str(init_py))} lab {shlex.quote(name)}")
     argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
             "--net", "--uts", "--ipc", "/bin/sh", "-c", "\n".join(lines)]  # fmt: skip
@@ -349,11 +357,11 @@ def clean_env() -> dict[str, str]:
 
 def run_in_root(
     root: Path, binds: list[tuple[str, str, bool]], cmd: list[str], env: dict[str, str],
-    timeout: float = 900,
+    scratch: Iterable[str] = (), timeout: float = 900,
 ) -> subprocess.CompletedProcess:  # fmt: skip
     """cmd inside the root (pivot_root'ed, writable, the host's network), in namespaces that
     end with it: for build steps that need the network, like fetching wheels."""
-    lines = ["set -eu", *mount_script(root, binds, readonly=False)]
+    lines = ["set -eu", *mount_script(root, binds, readonly=False, scratch=scratch)]
     lines.append("exec env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
                  + " " + " ".join(shlex.quote(c) for c in cmd))  # fmt: skip
     argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 import labns
 
@@ -184,13 +184,29 @@ def build(suite: Suite) -> dict:
     return stamp
 
 
-def ensure(suite: Suite) -> Path:
-    """The suite's root, built when missing or unusable; returns its path."""
-    with locked(suite):
-        if not usable(suite):
-            (suite.dir / "stamp.json").unlink(missing_ok=True)
-            build(suite)
-        return suite.dir / "root"
+def ensure(suite: Suite) -> tuple[Path, IO[str]]:
+    """The suite's root, built when missing or unusable, and a file holding a shared lock that
+    says it is in use: keep it open while a lab runs from the root, close it after. A root in
+    use is never rebuilt under a running lab (of this or another test run): that fails."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    in_use = open(CACHE / f"{suite.suite}.in-use", "w")  # noqa: SIM115 (returned, held)
+    try:
+        fcntl.flock(in_use, fcntl.LOCK_SH)
+        with locked(suite):
+            if not usable(suite):
+                try:
+                    fcntl.flock(in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RootError(
+                        f"the cached {suite.suite} root must be rebuilt, but a running lab uses it"
+                    ) from None
+                (suite.dir / "stamp.json").unlink(missing_ok=True)
+                build(suite)
+                fcntl.flock(in_use, fcntl.LOCK_SH)
+        return suite.dir / "root", in_use
+    except BaseException:
+        in_use.close()
+        raise
 
 
 IGNORED = shutil.ignore_patterns(
@@ -222,6 +238,7 @@ def ensure_wheelhouse(suite: Suite, repo: Path) -> Path:
         shutil.rmtree(work, ignore_errors=True)
         (work / "wheels").mkdir(parents=True)
         source = copy_repo(repo, work / "src")
+        # (on a scratch tmpfs over /srv: a build leaves no mount points in the cached root)
         binds = [
             (str(source), "/srv/nsctl-src", False),
             (str(work / "wheels"), "/srv/wheels", False),
@@ -238,7 +255,7 @@ def ensure_wheelhouse(suite: Suite, repo: Path) -> Path:
             " && /tmp/venv/bin/pip download -q -d /srv/wheels setuptools"
             " && rm -f /srv/wheels/nsctl-*.whl"
         )
-        done = labns.run_in_root(suite.dir / "root", binds, ["sh", "-c", script], env)
+        done = labns.run_in_root(suite.dir / "root", binds, ["sh", "-c", script], env, ["/srv"])
         if done.returncode != 0:
             raise RootError(f"{suite.suite}: making the wheelhouse failed:\n{done.stderr[-4000:]}")
         wheels = sorted(p.name for p in (work / "wheels").iterdir())

@@ -5,8 +5,8 @@ from trixie, 26.05 from sid), entered with pivot_root in namespaces of its own (
 controller side (munged, slurmctld, and every client command) in the lab's namespaces, and each
 slurmd in a node's namespaces inside them, with its own name, address, /run (munged, /run/nsctl),
 /tmp, /dev/shm and local disk. Labs share nothing with the host or each other but their lab
-directory (``LAB_PARENT/<name>``, bound at the same path inside, so a test names every lab file
-as the lab does) and never listen on the host's network.
+directory (``LAB_PARENT/<name>.<pid>``, bound at the same path inside, so a test names every lab
+file as the lab does) and never listen on the host's network.
 
 nsctl is installed in each lab as contrib/slurm/README.md tells an admin: a venv and ``pip
 install`` from a copy of the repository (offline, from a wheelhouse of the root's Python), the
@@ -23,7 +23,6 @@ SPANK plugin), and ``spank`` (the SPANK plugin alone, for tests that hand it ind
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -49,7 +48,7 @@ SUBNET = "10.77.0"  # inside each lab's network namespaces only: the bridge and 
 GATEWAY = f"{SUBNET}.1"
 USER = roots.JOB_USER
 RUN_DIR = "/run/nsctl"  # nsctl's runtime dir on each node (a fresh tmpfs /run per node)
-WHEELS = "/var/cache/nsctl-wheels"  # where the wheelhouse is bound inside a lab
+WHEELS = "/srv/nsctl-wheels"  # the wheelhouse inside a lab (/srv there is a scratch tmpfs)
 MODES = ("none", "tmpfs", "linux", "nsctl", "spank")
 
 
@@ -85,6 +84,16 @@ def mounts_under(prefix: str, mountinfo: str = "/proc/self/mountinfo") -> list[s
             if point == prefix or point.startswith(prefix.rstrip("/") + "/"):
                 points.append(point)
     return points
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def passwd_ids(root: Path, name: str) -> tuple[int, int]:
@@ -147,7 +156,9 @@ class Lab:
         self.node = self.nodes[0]
         self.hostname = self.hostnames[self.node]
         self.name = name or f"slurm-{version}" + (f"-{len(nodes)}n" if len(nodes) > 1 else "")
-        self.root = LAB_PARENT / self.name  # the lab directory: the same path inside and out
+        # The lab directory, the same path inside and out; named after this test run's pid, so
+        # concurrent runs never share one (and a dead run's is removed by the next).
+        self.root = LAB_PARENT / f"{self.name}.{os.getpid()}"
         self.user = USER
         self.uid = self.gid = roots.JOB_UID
         self.etc = self.root / "etc"
@@ -170,7 +181,7 @@ class Lab:
         self.node_spaces: dict[str, labns.Space] = {}
         self.system_root: Optional[Path] = None  # the Debian root in the cache
         self.timings: dict[str, float] = {}
-        self._lock = None
+        self._root_in_use = None
 
     # ---- host-side paths of node-local things ---------------------------------------------
 
@@ -223,11 +234,10 @@ class Lab:
         if os.geteuid() != 0:
             raise LabError("the e2e lab needs root")
         began = time.monotonic()
-        self.system_root = roots.ensure(self.suite)
-        wheels = roots.ensure_wheelhouse(self.suite, REPO)
-        self.timings["root"] = time.monotonic() - began
-        self._take_lock()
+        self.system_root, self._root_in_use = roots.ensure(self.suite)
         try:
+            wheels = roots.ensure_wheelhouse(self.suite, REPO)
+            self.timings["root"] = time.monotonic() - began
             self._make_lab_dir()
             began = time.monotonic()
             self._start_spaces(wheels)
@@ -240,24 +250,25 @@ class Lab:
             self.stop()
             raise
 
-    def _take_lock(self) -> None:
-        LAB_PARENT.mkdir(parents=True, exist_ok=True)
-        os.chmod(LAB_PARENT, 0o755)
-        self._lock = open(LAB_PARENT / f"{self.name}.lock", "w")  # noqa: SIM115 (held until stop)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            self._lock = None
-            raise LabError(f"lab {self.name} is in use by another test run") from None
+    def _remove_stale_labs(self) -> None:
+        """This lab's directories from test runs that are gone (NAME.PID, PID dead): kept for a
+        look after a failure, removed by the next run."""
+        for path in LAB_PARENT.iterdir() if LAB_PARENT.is_dir() else []:
+            match = re.fullmatch(rf"{re.escape(self.name)}\.(\d+)", path.name)
+            if not match or not path.is_dir() or pid_alive(int(match.group(1))):
+                continue
+            if any(
+                mounts_under(str(path), m) for m in ("/proc/self/mountinfo", "/proc/1/mountinfo")
+            ):
+                raise LabError(f"mounts left under {path}")
+            shutil.rmtree(path, ignore_errors=True)
 
     def _make_lab_dir(self) -> None:
-        for mountinfo in ("/proc/self/mountinfo", "/proc/1/mountinfo"):
-            if mounts_under(str(self.root), mountinfo):
-                raise LabError(f"mounts left under {self.root}: {mounts_under(str(self.root))}")
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._remove_stale_labs()
+        LAB_PARENT.mkdir(parents=True, exist_ok=True)
+        os.chmod(LAB_PARENT, 0o755)
         if self.root.exists():
-            raise LabError(f"could not remove the previous {self.root}")
+            raise LabError(f"{self.root} exists: a lab of this name runs in this process")
         root = self.system_root
         slurm = passwd_ids(root, "slurm")
         munge = passwd_ids(root, "munge")
@@ -286,8 +297,9 @@ class Lab:
     def _start_spaces(self, wheels: Path) -> None:
         binds = [(str(wheels), WHEELS, True), (str(self.etc / "hosts"), "/etc/hosts", True)]
         self.space = labns.start_lab(
-            self.name, self.system_root, self.root, CTL_HOST, binds, self.log_dir / "lab.log"
-        )
+            self.name, self.system_root, self.root, CTL_HOST, binds, self.log_dir / "lab.log",
+            scratch=[str(LAB_PARENT), "/srv"],
+        )  # fmt: skip
         for node in self.nodes:
             self.node_spaces[node] = labns.start_node(
                 self.space, node, self.hostnames[node], self.root, self.local,
@@ -510,9 +522,9 @@ class Lab:
                     space.popen.kill()
                     space.popen.wait()
             self.space, self.node_spaces, self.settings = None, {}, None
-            if self._lock:
-                self._lock.close()
-                self._lock = None
+            if self._root_in_use:
+                self._root_in_use.close()
+                self._root_in_use = None
 
     # ---- running things in the lab --------------------------------------------------------
 
