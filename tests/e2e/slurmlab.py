@@ -23,6 +23,7 @@ SPANK plugin), and ``spank`` (the SPANK plugin alone, for tests that hand it ind
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -180,7 +181,7 @@ class Lab:
         self.space: Optional[labns.Space] = None  # the lab (controller, clients)
         self.node_spaces: dict[str, labns.Space] = {}
         self.system_root: Optional[Path] = None  # the Debian root in the cache
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # seconds: root (+ build), namespaces, install
         self._root_in_use = None
 
     # ---- host-side paths of node-local things ---------------------------------------------
@@ -246,6 +247,9 @@ class Lab:
             began = time.monotonic()
             self._install_nsctl()
             self.timings["install"] = time.monotonic() - began
+            stamp = roots.read_stamp(self.suite) or {}
+            record = {"slurm": stamp.get("packages", {}).get("slurmd"), **self.timings}
+            (self.log_dir / "timings.json").write_text(json.dumps(record, indent=1) + "\n")
         except BaseException:
             self.stop()
             raise
