@@ -57,15 +57,6 @@ class LabError(RuntimeError):
     """The lab could not be brought into the requested state (a harness failure, not a test's)."""
 
 
-def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """A command on the host."""
-    kwargs.setdefault("timeout", 120)
-    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if check and result.returncode != 0:
-        raise LabError(f"{cmd} exited {result.returncode}:\n{result.stdout}{result.stderr}")
-    return result
-
-
 def exe_name(pid: int) -> Optional[str]:
     """The program a pid runs, as its Slurm name (Debian 12 installs slurmd as slurmd-wlm)."""
     try:
