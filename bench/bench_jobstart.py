@@ -12,7 +12,8 @@ read from the daemons' logs (SlurmdDebug=debug, 1 ms resolution):
          (job_container/tmpfs tears down in the extern step, nsctl in the Epilog; the node takes
          the next job only after this)
 
-Run as root:  python3 bench/bench_jobstart.py [-n 50] [--plot bench/jobstart.png]
+Run as root:  python3 bench/bench_jobstart.py [-n 50] [--plot bench/jobstart.png] [--slurm 26.05]
+(Each srun is started in the lab through nsenter, which adds the same few ms to every mode.)
 Needs matplotlib for the plot (pip install matplotlib; not a dependency of nsctl).
 """
 
@@ -122,21 +123,26 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50, help="jobs per mode [50]")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("jobstart.png"))
+    parser.add_argument("--slurm", choices=slurmlab.VERSIONS, default="22.05", help="[22.05]")
     args = parser.parse_args()
 
-    lab = slurmlab.Lab()
+    lab = slurmlab.Lab(args.slurm)
     results = {}
+    leftovers: list[str] = []
     try:
         lab.prepare()
+        namespaces = lab.recorded_namespaces()
         for mode in MODES:
             results[mode] = run_mode(lab, mode, args.n, args.warmup)
+        lab.cancel_all()
+        leftovers = lab.leftovers()
     finally:
         lab.stop()
-    leftovers = lab.leftovers()
+    leftovers += lab.host_leftovers(namespaces)
     if leftovers:
         raise SystemExit("the lab leaked: " + "; ".join(leftovers))
 
-    print(f"{args.n} sequential `srun -Q true` per mode, Slurm 22.05, one node, 2 cores")
+    print(f"{args.n} sequential `srun -Q true` per mode, Slurm {args.slurm}, one node, 2 cores")
     print(f"{'mode':28} {'wall median':>12} {'p90':>8} {'start':>8} {'task':>8} {'end':>8}  (ms)")
     for mode, res in results.items():
         walls = sorted(res["wall"])

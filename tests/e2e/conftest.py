@@ -1,7 +1,10 @@
-"""One real Slurm cluster for the whole e2e session; it must leave nothing behind.
+"""Real Slurm clusters for the e2e session, one per Slurm version; they must leave nothing behind.
 
-These tests need root and install Debian's Slurm when it is missing. They fail, never skip, when
-the machine cannot run them: CI has to prove the real thing.
+Every e2e test runs once per version (``lab``: a session-scoped one-node cluster for each of
+slurmlab.VERSIONS, ids ``slurm-22.05`` ...); test_multinode.py has a three-node cluster per
+version (``cluster3``). Each lab is built on first use (its Debian root is made with debootstrap
+when it is not cached yet) and stopped when pytest moves on to the next version. These tests need
+root; they fail, never skip, when the machine cannot run them: CI has to prove the real thing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import slurmlab  # noqa: E402
 
+IDS = [f"slurm-{version}" for version in slurmlab.VERSIONS]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).resolve().parent
@@ -25,21 +30,59 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def lab() -> Iterator[slurmlab.Lab]:
+STARTED: list[tuple[slurmlab.Lab, dict[str, set[int]]]] = []  # every lab of the session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_stays_clean() -> Iterator[None]:
+    """After the session (every lab stopped): nothing of any lab is left on the host, neither
+    a process in one of their namespaces, nor a mount under the lab directories or the cached
+    roots, nor an entry naming a lab in the host's /run/nsctl."""
+    yield
+    problems = [p for cluster, namespaces in STARTED for p in cluster.host_leftovers(namespaces)]
+    for mountinfo in ("/proc/self/mountinfo", "/proc/1/mountinfo"):
+        for prefix in (str(slurmlab.LAB_PARENT), str(slurmlab.roots.CACHE)):
+            problems += [
+                f"mount {m} ({mountinfo})" for m in slurmlab.mounts_under(prefix, mountinfo)
+            ]
+    assert not problems, "the e2e labs leaked onto the host:\n" + "\n".join(sorted(set(problems)))
+
+
+def run_lab(cluster: slurmlab.Lab) -> Iterator[slurmlab.Lab]:
+    """Bring a lab up, hand it to the tests, and check that it leaves nothing: in the lab while
+    it still runs (jobs' mounts, index entries, holders), then on the host once it stopped."""
     if os.geteuid() != 0:
         pytest.fail("the e2e tests need root (they start slurmd and mount namespaces)")
-    cluster = slurmlab.Lab()
+    problems: list[str] = []
+    namespaces: dict[str, set[int]] = {}
     try:
         cluster.prepare()
+        namespaces = cluster.recorded_namespaces()
+        STARTED.append((cluster, namespaces))
         yield cluster
+        if cluster.daemons_alive():
+            cluster.cancel_all()
+        problems = cluster.leftovers()
     finally:
+        namespaces = namespaces or cluster.recorded_namespaces()
         cluster.stop()
-    leftovers = cluster.leftovers()
-    assert not leftovers, "the e2e lab leaked onto the host:\n" + "\n".join(leftovers)
+    problems += cluster.host_leftovers(namespaces)
+    assert not problems, f"the e2e lab {cluster.name} leaked:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="session", params=slurmlab.VERSIONS, ids=IDS)
+def lab(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
+    yield from run_lab(slurmlab.Lab(request.param))
 
 
 @pytest.fixture(scope="session")
-def observations() -> dict[str, dict[str, object]]:
-    """What each isolation mode showed, for the parity comparison at the end of the run."""
+def observations(lab: slurmlab.Lab) -> dict[str, dict[str, object]]:
+    """What each isolation mode showed on this version, for the parity comparison."""
     return {}
+
+
+@pytest.fixture(scope="session", params=slurmlab.VERSIONS, ids=IDS)
+def cluster3(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
+    """Three slurmd nodes n1, n2, n3 (own hostnames, addresses, /run, local disk) and one
+    slurmctld."""
+    yield from run_lab(slurmlab.Lab(request.param, nodes=("n1", "n2", "n3")))

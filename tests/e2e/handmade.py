@@ -3,7 +3,8 @@
 It lets the SPANK plugin be tested on its own, with index entries nsctl would never write. The
 layout follows nsctl/layout.py: ``<root>/<J>`` bind-mounted onto itself and private, the
 namespace files in ``<root>/<J>/.ns``. Inside the mount namespace /tmp is a fresh tmpfs holding
-the file ``handmade``, so a task can tell that it joined.
+the file ``handmade``, so a task can tell that it joined. Everything is made on the lab's node
+(its mount and PID namespaces, its util-linux), where slurmd and the plugin see it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from slurmlab import LabError, mounts_under, run
+from labns import children_of
+from slurmlab import Lab, LabError
 
 MARKER = "handmade"
 
 
 class HandmadeNamespace:
-    def __init__(self, root: Path, index_dir: Path, job_id: str, uid: int, pid_ns: bool = False):
+    def __init__(
+        self, lab: Lab, root: Path, index_dir: Path, job_id: str, uid: int, pid_ns: bool = False
+    ):
+        self.lab = lab
         self.job_dir = root / job_id
         self.ns_dir = self.job_dir / ".ns"
         self.index = index_dir / job_id
@@ -33,14 +38,14 @@ class HandmadeNamespace:
 
     def create(self) -> HandmadeNamespace:
         self.job_dir.mkdir(mode=0o700, parents=True)
-        run(["mount", "--bind", str(self.job_dir), str(self.job_dir)])
-        run(["mount", "--make-private", str(self.job_dir)])
+        self.lab.on_node(["mount", "--bind", str(self.job_dir), str(self.job_dir)])
+        self.lab.on_node(["mount", "--make-private", str(self.job_dir)])
         self.ns_dir.mkdir(mode=0o700)
         for kind in self.kinds:
             (self.ns_dir / kind).touch(mode=0o600)
-        # Inside a non-initial mount namespace (the test sandbox) the kernel refuses to bind a
-        # mount-namespace file now and then (EINVAL; see slurm-lab.md): make it again on
-        # another CPU, as nsctl does.
+        # Inside a non-initial mount namespace (the lab's node) the kernel may refuse to bind a
+        # mount-namespace file (EINVAL; see slurm-lab.md; the lab burns namespace ids so that
+        # it should not): make it again on another CPU, as nsctl does.
         cpus = sorted(os.sched_getaffinity(0))
         for attempt in range(8):
             if self._create_on(cpus[attempt % len(cpus)]):
@@ -51,24 +56,23 @@ class HandmadeNamespace:
         make_tmp = f"mount -t tmpfs -o mode=1777 none /tmp && touch /tmp/{MARKER}"
         unshare = ["taskset", "-c", str(cpu), "unshare", f"--mount={self.ns_dir / 'mnt'}"]
         if "pid" not in self.kinds:
-            done = run([*unshare, "--propagation", "private", "sh", "-c", make_tmp], check=False)
+            done = self.lab.on_node([*unshare, "--propagation", "private", "sh", "-c", make_tmp],
+                                    check=False)  # fmt: skip
             if done.returncode == 0:
                 return True
             if "Invalid argument" not in done.stderr:
                 raise LabError(f"unshare failed: {done.stderr}")
             return False
         # A PID namespace needs a live PID 1 for as long as tasks are to enter it.
-        self.holder = subprocess.Popen(
+        self.holder = self.lab.popen_on_node(
             [*unshare, f"--pid={self.ns_dir / 'pid'}", "--fork", "--mount-proc",
-             "--propagation", "private", "sh", "-c", f"{make_tmp} && exec sleep infinity"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
+             "--propagation", "private", "sh", "-c", f"{make_tmp} && exec sleep infinity"]
         )  # fmt: skip
         if self._wait_joinable():
             return True
         self.destroy_holder()
         for kind in self.kinds:
-            run(["umount", "-l", str(self.ns_dir / kind)], check=False)
+            self.lab.on_node(["umount", "-l", str(self.ns_dir / kind)], check=False)
         self.holder = None
         return False
 
@@ -77,8 +81,9 @@ class HandmadeNamespace:
         probe = ["nsenter", f"--mount={self.ns_dir / 'mnt'}", "test", "-e", f"/tmp/{MARKER}"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            bound = all(str(self.ns_dir / k) in mounts_under(str(self.ns_dir)) for k in self.kinds)
-            if bound and subprocess.run(probe, capture_output=True).returncode == 0:
+            mounts = self.lab.mounts_under(str(self.ns_dir))
+            bound = all(str(self.ns_dir / k) in mounts for k in self.kinds)
+            if bound and self.lab.on_node(probe, check=False).returncode == 0:
                 return True
             if self.holder and self.holder.poll() is not None:
                 return False  # unshare gave up (the EINVAL above)
@@ -112,16 +117,19 @@ class HandmadeNamespace:
         partial.chmod(mode)
         os.replace(partial, self.index)
 
-    def holder_pid(self) -> Optional[int]:
-        """The `sleep` that is PID 1 of the namespace: the only child of our unshare."""
+    def holder_host_pid(self) -> Optional[int]:
+        """The `sleep` that is PID 1 of the namespace: the only child of our unshare (which is
+        nsenter's child on the node), as a host pid."""
         if not self.holder:
             return None
-        children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children")
-        try:
-            pids = children.read_text().split()
-        except OSError:
-            return None
-        return int(pids[0]) if len(pids) == 1 else None
+        unshare = children_of(self.holder.pid)
+        pids = children_of(unshare[0]) if len(unshare) == 1 else []
+        return pids[0] if len(pids) == 1 else None
+
+    def holder_pid(self) -> Optional[int]:
+        """The holder's pid as the node sees it (what nsctl would write in the entry)."""
+        pid = self.holder_host_pid()
+        return self.lab.node_pid(pid) if pid else None
 
     def holder_start(self) -> str:
         """Field 22 of the holder's /proc/PID/stat, as nsctl records it (0 without a holder)."""
@@ -134,7 +142,7 @@ class HandmadeNamespace:
         """Kill PID 1: the namespace files stay, but nothing can enter the PID namespace."""
         if self.holder:
             # `unshare --fork` ignores SIGTERM; killing its child (verified above) ends both.
-            pid = self.holder_pid()
+            pid = self.holder_host_pid()
             if pid and pid > 1:
                 os.kill(pid, signal.SIGKILL)
             try:
@@ -147,6 +155,6 @@ class HandmadeNamespace:
         self.index.unlink(missing_ok=True)
         self.destroy_holder()
         for kind in self.kinds:
-            run(["umount", "-l", str(self.ns_dir / kind)], check=False)
-        run(["umount", "-l", str(self.job_dir)], check=False)
+            self.lab.on_node(["umount", "-l", str(self.ns_dir / kind)], check=False)
+        self.lab.on_node(["umount", "-l", str(self.job_dir)], check=False)
         shutil.rmtree(self.job_dir, ignore_errors=True)

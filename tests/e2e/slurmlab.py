@@ -1,96 +1,64 @@
-"""A real one-node Slurm 22.05 cluster on this machine, wired to nsctl the way contrib/slurm says.
+"""Real Slurm clusters for the e2e tests: one lab per Slurm version, each fully isolated.
 
-Used by the e2e tests and by bench/bench_jobstart.py. Everything lives under LAB_DIR (never
-under /tmp: once jobs get a private /tmp, a TaskProlog or slurm.conf there would vanish from the
-job's view). Daemons are started and stopped by pid; `Lab.stop()` leaves nothing running.
+A lab runs one Slurm release from a Debian root of its suite (roots.py: 22.05 from bookworm, 24.11
+from trixie, 26.05 from sid), entered with pivot_root in namespaces of its own (labns.py): the
+controller side (munged, slurmctld, and every client command) in the lab's namespaces, and each
+slurmd in a node's namespaces inside them, with its own name, address, /run (munged, /run/nsctl),
+/tmp, /dev/shm and local disk. Labs share nothing with the host or each other but their lab
+directory (``LAB_PARENT/<name>.<pid>``, bound at the same path inside, so a test names every lab
+file as the lab does) and never listen on the host's network.
+
+nsctl is installed in each lab as contrib/slurm/README.md tells an admin: a venv and ``pip
+install`` from a copy of the repository (offline, from a wheelhouse of the root's Python), the
+SPANK plugin built with its Makefile against the root's spank.h, the scripts with NSCTL=, LOG=
+and ON_ERROR= set, and the slurm.conf and plugstack.conf lines.
 
 Isolation modes, switched by rewriting slurm.conf and restarting the daemons: ``none``
-(PrologFlags=Contain only), ``tmpfs`` (Slurm's own C job_container/tmpfs, the reference),
-``nsctl`` (contrib/slurm Prolog/Epilog/TaskProlog and the SPANK plugin), and ``spank`` (the SPANK
-plugin alone, for tests that hand it index entries).
+(PrologFlags=Contain only), ``tmpfs`` (Slurm's own C plugin: job_container/tmpfs up to 24.11,
+namespace/tmpfs on 26.05), ``linux`` (26.05 only: Slurm's namespace/linux, reading the
+namespace.yaml beside slurm.conf), ``nsctl`` (contrib/slurm Prolog/Epilog/TaskProlog and the
+SPANK plugin), and ``spank`` (the SPANK plugin alone, for tests that hand it index entries).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import pwd
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import labns
+import roots
+
 REPO = Path(__file__).resolve().parents[2]
 CONTRIB = REPO / "contrib" / "slurm"
-LAB_DIR = Path("/var/lib/nsctl-lab")
-NODE = "lab1"  # deliberately not the hostname: nsctl must key node_confs on the Slurm node name
-USER = "nsctltest"
-RUN_DIR = Path("/run/nsctl")
-PACKAGES = ("slurmd", "slurmctld", "slurm-client", "munge", "libslurm-dev")
-MUNGE_PID = Path("/run/munge/munged.pid")
-SLURM_BINARIES = ("slurmd", "slurmctld", "slurmstepd", "munged")
+VERSIONS = tuple(roots.SUITES)  # ("22.05", "24.11", "26.05")
+LAB_PARENT = roots.LAB_PARENT
+NODE = "lab1"  # deliberately not the node's hostname: nsctl must key node_confs on the node name
+NODE_HOSTNAME = "labnode"
+CTL_HOST = "labctl"
+SUBNET = "10.77.0"  # inside each lab's network namespaces only: the bridge and the nodes
+GATEWAY = f"{SUBNET}.1"
+USER = roots.JOB_USER
+RUN_DIR = "/run/nsctl"  # nsctl's runtime dir on each node (a fresh tmpfs /run per node)
+WHEELS = "/srv/nsctl-wheels"  # the wheelhouse inside a lab (/srv there is a scratch tmpfs)
+MODES = ("none", "tmpfs", "linux", "nsctl", "spank")
 
 
 class LabError(RuntimeError):
     """The lab could not be brought into the requested state (a harness failure, not a test's)."""
 
 
-SANDBOX_CPU = 0  # tests/conftest.py creates the sandbox mount namespace on this CPU
-
-
-def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("timeout", 120)
-    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if check and result.returncode != 0:
-        raise LabError(f"{cmd} exited {result.returncode}:\n{result.stdout}{result.stderr}")
-    return result
-
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def install_nsctl(venv: Path) -> str:
-    """Install nsctl as the rollout guide says (pip, not editable) into a dedicated venv, and
-    return its console script (the Prolog needs an absolute path: it gets no PATH)."""
-    run([sys.executable, "-m", "venv", str(venv)])
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(REPO)], timeout=600)
-    return str(venv / "bin" / "nsctl")
-
-
-def ensure_packages() -> None:
-    """Install Debian's Slurm and munge when any piece is missing (they fail the run, not skip)."""
-    missing = [b for b in ("slurmd", "slurmctld", "srun", "munged") if not shutil.which(b)]
-    if not missing and Path("/usr/include/slurm/spank.h").is_file():
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update", "-qq"], env=env, timeout=600)
-    run(["apt-get", "install", "-y", "-qq", *PACKAGES], env=env, timeout=600)
-
-
-def ensure_user(name: str = USER) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        run(["useradd", "--create-home", "--shell", "/bin/sh", name])
-        return pwd.getpwnam(name)
-
-
-def build_plugin(libdir: Path) -> Path:
-    """Build and install the SPANK plugin with its Makefile, as the README tells an admin."""
-    spank = CONTRIB / "spank"
-    run(["make", "-C", str(spank), "--no-print-directory", "-B", "nsctl_spank.so"])
-    run(["make", "-C", str(spank), "--no-print-directory", "install", f"LIBDIR={libdir}"])
-    return libdir / "nsctl_spank.so"
-
-
 def exe_name(pid: int) -> Optional[str]:
-    """The program a pid runs, as its Slurm name (Debian installs slurmd as slurmd-wlm)."""
+    """The program a pid runs, as its Slurm name (Debian 12 installs slurmd as slurmd-wlm)."""
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
@@ -99,52 +67,42 @@ def exe_name(pid: int) -> Optional[str]:
     return name[: -len("-wlm")] if name.endswith("-wlm") else name
 
 
-def pid_alive(pid: int, name: str) -> bool:
-    """True when pid is a live process running the program `name`."""
-    return exe_name(pid) == name
-
-
-def read_pid(path: Path) -> Optional[int]:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def stop_pid(pid: int, name: str, timeout: float = 20.0) -> None:
-    """SIGTERM a verified daemon pid and wait for it to go away; SIGKILL if it hangs."""
-    if pid <= 1 or not pid_alive(pid, name):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid, name):
-            return
-        time.sleep(0.05)
-    if pid_alive(pid, name):
-        os.kill(pid, signal.SIGKILL)
-
-
-def processes_named(names: tuple[str, ...]) -> list[tuple[int, str]]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        exe = exe_name(int(entry))
-        if exe in names:
-            found.append((int(entry), exe))
-    return found
-
-
-def mounts_under(prefix: str) -> list[str]:
-    """Mount points under prefix in this mount namespace (field 5 of mountinfo)."""
+def mounts_under(prefix: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points at or under prefix in a mount namespace (field 5 of its mountinfo)."""
     points = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+    with open(mountinfo, encoding="utf-8") as handle:
         for line in handle:
             point = line.split()[4].replace("\\040", " ")
             if point == prefix or point.startswith(prefix.rstrip("/") + "/"):
                 points.append(point)
     return points
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def passwd_ids(root: Path, name: str) -> tuple[int, int]:
+    """uid and gid of a user of the root (the lab's users are the root's, not the host's)."""
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    raise LabError(f"no user {name} in {root}/etc/passwd")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
 @dataclass
@@ -168,70 +126,210 @@ class BatchJob:
 
 
 class Lab:
-    """One node, one partition, munge + slurmctld + slurmd, all owned by this object."""
+    """One Slurm version: munged + slurmctld, and munged + slurmd on each node, all owned by
+    this object and gone after stop()."""
 
-    def __init__(self, root: Path = LAB_DIR, node: str = NODE, user: str = USER):
-        self.root = root
-        self.node = node
-        self.user = user
-        self.etc = root / "etc"
-        self.log_dir = root / "log"
-        self.bin = root / "bin"
-        self.lib = root / "lib"
+    def __init__(
+        self,
+        version: str = "22.05",
+        nodes: tuple[str, ...] = (NODE,),
+        hostnames: Optional[tuple[str, ...]] = None,
+        name: Optional[str] = None,
+    ):
+        if version not in roots.SUITES:
+            raise ValueError(f"no lab for Slurm {version} (known: {', '.join(VERSIONS)})")
+        self.version = version
+        self.suite = roots.SUITES[version]
+        self.nodes = tuple(nodes)
+        if hostnames is None:
+            hostnames = (NODE_HOSTNAME,) if self.nodes == (NODE,) else self.nodes
+        self.hostnames = dict(zip(self.nodes, hostnames))
+        self.addresses = {n: f"{SUBNET}.{11 + i}" for i, n in enumerate(self.nodes)}
+        self.node = self.nodes[0]
+        self.hostname = self.hostnames[self.node]
+        self.name = name or f"slurm-{version}" + (f"-{len(nodes)}n" if len(nodes) > 1 else "")
+        # The lab directory, the same path inside and out; named after this test run's pid, so
+        # concurrent runs never share one (and a dead run's is removed by the next).
+        self.root = LAB_PARENT / f"{self.name}.{os.getpid()}"
+        self.user = USER
+        self.uid = self.gid = roots.JOB_UID
+        self.etc = self.root / "etc"
+        self.log_dir = self.root / "log"
+        self.bin = self.root / "bin"
+        self.lib = self.root / "lib"
         self.conf = self.etc / "slurm.conf"
-        self.slurmd_log = self.log_dir / "slurmd.log"
-        self.nsctl_log = self.log_dir / "nsctl.log"  # the Prolog's and Epilog's output
-        self.ns_base = root / "ns"  # nsctl's base_path
-        self.jc_base = root / "jc"  # job_container/tmpfs BasePath
-        self.home = root / "home"  # the job user's working directory (shared by its jobs)
-        self.spank_index = root / "index"  # hand-made index entries for the plugin-only tests
-        self.hostname = os.uname().nodename.split(".")[0]  # slurmctld checks it is this host
+        self.local = self.root / "local"  # each node's own disk: LAB/nodes/<node> bound here
+        # nsctl's default base_path: in the shared lab dir for one node, on the node's own disk
+        # for several (a job's dir is B/J on every node it runs on).
+        self.ns_base = (self.root if len(self.nodes) == 1 else self.local) / "ns"
+        self.jc_base = self.root / "jc"  # job_container/tmpfs and namespace/tmpfs BasePath
+        self.nl_base = self.root / "nl"  # namespace/linux base_path
+        self.home = self.root / "home"  # the job user's working directory (shared by its jobs)
+        self.spank_index = self.root / "index"  # hand-made index entries for the plugin-only tests
+        self.nsctl = str(self.root / "venv" / "bin" / "nsctl")
         self.mode: Optional[str] = None
         self.settings: Optional[tuple] = None
-        self.started_munge = False
-        self.munge_pid: Optional[int] = None
-        self.nsctl = str(root / "venv" / "bin" / "nsctl")  # installed by prepare()
+        self.space: Optional[labns.Space] = None  # the lab (controller, clients)
+        self.node_spaces: dict[str, labns.Space] = {}
+        self.system_root: Optional[Path] = None  # the Debian root in the cache
+        self.timings: dict[str, float] = {}  # seconds: root (+ build), namespaces, install
+        self._root_in_use = None
+
+    # ---- host-side paths of node-local things ---------------------------------------------
+
+    def node_dir(self, node: Optional[str] = None) -> Path:
+        """A node's local disk as the host sees it (LAB/local on that node)."""
+        return self.root / "nodes" / (node or self.node)
+
+    @property
+    def slurmd_log(self) -> Path:
+        return self.node_dir() / "slurmd.log"
+
+    @property
+    def nsctl_log(self) -> Path:
+        """The Prolog's and Epilog's output (LOG= in the scripts: LAB/local/nsctl.log)."""
+        return self.node_dir() / "nsctl.log"
+
+    @property
+    def logs(self) -> tuple[Path, ...]:
+        return tuple(
+            self.node_dir(n) / log for n in self.nodes for log in ("slurmd.log", "nsctl.log")
+        )
+
+    def node_space(self, node: Optional[str] = None) -> labns.Space:
+        space = self.node_spaces.get(node or self.node)
+        if space is None:
+            raise LabError(f"node {node or self.node} of lab {self.name} is not running")
+        return space
+
+    def node_path(self, path: str, node: Optional[str] = None) -> Path:
+        """A path on a node (its /tmp, /run, ...) as the host reaches it."""
+        return self.node_space(node).path(path)
+
+    def run_dir(self, node: Optional[str] = None) -> Path:
+        """nsctl's runtime dir (/run/nsctl) on a node, as the host reaches it."""
+        return self.node_path(RUN_DIR, node)
+
+    def ns_link(self, kind: str, node: Optional[str] = None) -> str:
+        """The namespace slurmd and its unisolated jobs run in on a node (e.g. 'mnt:[...]')."""
+        return self.node_space(node).ns_link(kind)
+
+    def mounts_under(self, prefix: str, node: Optional[str] = None) -> list[str]:
+        """Mount points at or under prefix in a node's mount namespace (where jobs mount)."""
+        return mounts_under(prefix, f"/proc/{self.node_space(node).init}/mountinfo")
 
     # ---- bring-up ---------------------------------------------------------------------------
 
     def prepare(self) -> None:
+        """Build (or reuse) the root and wheelhouse, make the lab's namespaces, start munge and
+        install nsctl. The Slurm daemons start with the first configure()."""
         if os.geteuid() != 0:
             raise LabError("the e2e lab needs root")
-        ensure_packages()
-        account = ensure_user(self.user)
-        self.uid, self.gid = account.pw_uid, account.pw_gid
-        self._stop_stale()
-        if mounts_under(str(self.root)):
-            raise LabError(f"mounts left under {self.root}: {mounts_under(str(self.root))}")
-        shutil.rmtree(self.root, ignore_errors=True)
-        for sub in ("etc", "state", "spool", "log", "bin", "lib"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
+        self.system_root, self._root_in_use = roots.ensure(self.suite)
+        try:
+            wheels = roots.ensure_wheelhouse(self.suite, REPO)
+            self.timings["root"] = time.monotonic() - began
+            self._make_lab_dir()
+            began = time.monotonic()
+            self._start_spaces(wheels)
+            self._start_munge()
+            self.timings["namespaces"] = time.monotonic() - began
+            began = time.monotonic()
+            self._install_nsctl()
+            self.timings["install"] = time.monotonic() - began
+            stamp = roots.read_stamp(self.suite) or {}
+            record = {"slurm": stamp.get("packages", {}).get("slurmd"), **self.timings}
+            (self.log_dir / "timings.json").write_text(json.dumps(record, indent=1) + "\n")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _remove_stale_labs(self) -> None:
+        """This lab's directories from test runs that are gone (NAME.PID, PID dead): kept for a
+        look after a failure, removed by the next run."""
+        for path in LAB_PARENT.iterdir() if LAB_PARENT.is_dir() else []:
+            match = re.fullmatch(rf"{re.escape(self.name)}\.(\d+)", path.name)
+            if not match or not path.is_dir() or pid_alive(int(match.group(1))):
+                continue
+            if any(
+                mounts_under(str(path), m) for m in ("/proc/self/mountinfo", "/proc/1/mountinfo")
+            ):
+                raise LabError(f"mounts left under {path}")
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _make_lab_dir(self) -> None:
+        self._remove_stale_labs()
+        LAB_PARENT.mkdir(parents=True, exist_ok=True)
+        os.chmod(LAB_PARENT, 0o755)
+        if self.root.exists():
+            raise LabError(f"{self.root} exists: a lab of this name runs in this process")
+        root = self.system_root
+        slurm = passwd_ids(root, "slurm")
+        munge = passwd_ids(root, "munge")
+        for sub in ("etc", "state", "log", "bin", "lib", "local", "home"):
+            (self.root / sub).mkdir(parents=True)
         os.chmod(self.root, 0o755)
-        shutil.chown(self.root / "state", "slurm", "slurm")
-        shutil.chown(self.log_dir, "slurm", "slurm")
-        self.home.mkdir(mode=0o755)
+        os.chown(self.root / "state", *slurm)
+        os.chown(self.log_dir, *slurm)
         os.chown(self.home, self.uid, self.gid)
-        self.plugin = build_plugin(self.lib)
-        self.nsctl = install_nsctl(self.root / "venv")
-        self.start_munge()
+        # munged wants its log's directories owned by root or munge (not slurm, as log/ is).
+        (self.root / "munge").mkdir(mode=0o700)
+        os.chown(self.root / "munge", *munge)
+        for node in self.nodes:
+            (self.node_dir(node) / "spool").mkdir(parents=True)
+            (self.node_dir(node) / "munge").mkdir(mode=0o700)
+            os.chown(self.node_dir(node) / "munge", *munge)
+        key = self.etc / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        os.chown(key, *munge)
+        hosts = ["127.0.0.1 localhost", f"{GATEWAY} {CTL_HOST}"]
+        hosts += [f"{self.addresses[n]} {self.hostnames[n]}" for n in self.nodes]
+        (self.etc / "hosts").write_text("\n".join(hosts) + "\n")
+        roots.copy_repo(REPO, self.root / "src")
 
-    def _stop_stale(self) -> None:
-        """Daemons left by an interrupted earlier run of this lab (verified by pid file + exe)."""
-        for name, exe in (("slurmd.pid", "slurmd"), ("slurmctld.pid", "slurmctld")):
-            pid = read_pid(self.root / name)
-            if pid:
-                stop_pid(pid, exe)
+    def _start_spaces(self, wheels: Path) -> None:
+        binds = [(str(wheels), WHEELS, True), (str(self.etc / "hosts"), "/etc/hosts", True)]
+        self.space = labns.start_lab(
+            self.name, self.system_root, self.root, CTL_HOST, binds, self.log_dir / "lab.log",
+            scratch=[str(LAB_PARENT), "/srv"],
+        )  # fmt: skip
+        for node in self.nodes:
+            self.node_spaces[node] = labns.start_node(
+                self.space, node, self.hostnames[node], self.root, self.local,
+                self.node_dir(node), self.log_dir / f"lab-{node}.log",
+            )  # fmt: skip
+        labns.wire(self.space, [(self.node_spaces[n], self.addresses[n]) for n in self.nodes],
+                   GATEWAY)  # fmt: skip
+        ids = [s.ns_ids.get("mnt") or 0 for s in (self.space, *self.node_spaces.values())]
+        labns.burn_namespace_ids(max(ids))
 
-    def start_munge(self) -> None:
-        pid = read_pid(MUNGE_PID)
-        if pid and pid_alive(pid, "munged"):
-            self.munge_pid = pid  # someone else's munged: use it, leave it running
-            return
-        Path("/run/munge").mkdir(exist_ok=True)
-        shutil.chown("/run/munge", "munge", "munge")
-        run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"])
-        self.munge_pid = read_pid(MUNGE_PID)
-        self.started_munge = True
+    def _start_munge(self) -> None:
+        key = self.etc / "munge.key"
+        for space, logs in [(self.space, self.root / "munge")] + [
+            (self.node_spaces[n], self.local / "munge") for n in self.nodes
+        ]:
+            self.exec(
+                ["sh", "-c", "install -d -o munge -g munge -m 0755 /run/munge && exec runuser "
+                 f"-u munge -- /usr/sbin/munged --key-file={key} --log-file={logs}/munged.log "
+                 f"--seed-file={logs}/munged.seed --pid-file=/run/munge/munged.pid"],
+                space=space,
+            )  # fmt: skip
+
+    def _install_nsctl(self) -> None:
+        """contrib/slurm/README.md, section 1, in the lab: a venv, pip install, the plugin."""
+        venv, src = self.root / "venv", self.root / "src"
+        env = {**self.env, "HOME": "/tmp", "PIP_NO_CACHE_DIR": "1",
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip
+        self.exec(["python3", "-m", "venv", str(venv)], env=env)
+        self.exec([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-index",
+                   "--find-links", WHEELS, str(src)], env=env, timeout=600)  # fmt: skip
+        spank = src / "contrib/slurm/spank"
+        self.exec(["make", "-C", str(spank), "--no-print-directory", "nsctl_spank.so"], env=env)
+        self.exec(["make", "-C", str(spank), "--no-print-directory", "install",
+                   f"LIBDIR={self.lib}"], env=env)  # fmt: skip
+        self.plugin = self.lib / "nsctl_spank.so"
 
     def install_contrib(self, on_error: str = "fail") -> None:
         """Copy the contrib scripts and set NSCTL=, LOG= and ON_ERROR=, as the README says."""
@@ -239,16 +337,17 @@ class Lab:
             text = (CONTRIB / name).read_text()
             text = re.sub(r"(?m)^NSCTL=.*$", f"NSCTL={self.nsctl}", text)
             text = re.sub(r"(?m)^ON_ERROR=.*$", f"ON_ERROR={on_error}", text)
-            text = re.sub(r"(?m)^LOG=.*$", f"LOG={self.nsctl_log}", text)
+            text = re.sub(r"(?m)^LOG=.*$", f"LOG={self.local}/nsctl.log", text)  # per node
             target = self.bin / name
             target.write_text(text)
             target.chmod(0o755)
 
     def slurm_conf(self, mode: str) -> str:
         lab = self.root
+        major = tuple(int(part) for part in self.version.split("."))
         lines = [
             "ClusterName=lab",
-            f"SlurmctldHost={self.hostname}(127.0.0.1)",
+            f"SlurmctldHost={CTL_HOST}({GATEWAY})",
             "SlurmUser=slurm",
             "SlurmdUser=root",
             "AuthType=auth/munge",
@@ -257,27 +356,34 @@ class Lab:
             "MailProg=/bin/true",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
-            "SwitchType=switch/none",
             "SchedulerType=sched/backfill",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
             "ReturnToService=2",
             f"StateSaveLocation={lab}/state",
-            f"SlurmdSpoolDir={lab}/spool",
-            f"SlurmctldPidFile={lab}/slurmctld.pid",
-            f"SlurmdPidFile={lab}/slurmd.pid",
+            f"SlurmdSpoolDir={self.local}/spool",
+            "SlurmctldPidFile=/run/slurmctld.pid",
+            "SlurmdPidFile=/run/slurmd.pid",
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
             "JobAcctGatherType=jobacct_gather/none",
             f"SlurmctldLogFile={self.log_dir}/slurmctld.log",
-            f"SlurmdLogFile={self.slurmd_log}",
+            f"SlurmdLogFile={self.local}/slurmd.log",
             "SlurmdDebug=debug",
             "PrologFlags=Alloc,Contain",
             "KillWait=5",
             "MinJobAge=30",
         ]
+        if major < (24, 11):
+            lines.append("SwitchType=switch/none")  # gone from 24.11's plugins
         if mode == "tmpfs":
-            lines.append("JobContainerType=job_container/tmpfs")
+            # Slurm's C plugin; 25.11 renamed the plugin type (job_container.conf stays).
+            kind = (
+                "NamespaceType=namespace" if major >= (25, 11) else "JobContainerType=job_container"
+            )
+            lines.append(f"{kind}/tmpfs")
+        if mode == "linux":
+            lines.append("NamespaceType=namespace/linux")
         if mode == "spank":
             # The plugin alone, fed with hand-made index entries (tests/e2e/test_spank.py).
             lines.append(f"PlugStackConfig={self.etc}/plugstack.conf")
@@ -289,39 +395,56 @@ class Lab:
                 f"TaskProlog={self.bin}/taskprolog",
                 f"PlugStackConfig={self.etc}/plugstack.conf",
             ]
-        lines += [
-            f"NodeName={self.node} NodeHostname={self.hostname} "
-            "NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
-        ]
+        for node in self.nodes:
+            lines.append(
+                f"NodeName={node} NodeHostname={self.hostnames[node]} "
+                f"NodeAddr={self.addresses[node]} CPUs=2 RealMemory=2000 State=UNKNOWN"
+            )
+        lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
         return "\n".join(lines) + "\n"
 
     def configure(
         self, mode: str, namespace_yaml: Optional[str] = None, on_error: str = "fail"
     ) -> None:
         """Put the cluster in a mode; restarts the daemons only when something changed."""
-        if mode not in ("none", "tmpfs", "spank", "nsctl"):
+        if mode not in MODES:
             raise ValueError(mode)
-        namespace_yaml = namespace_yaml or self.default_namespace_yaml()
+        if mode == "linux" and self.version != "26.05":
+            raise LabError(f"namespace/linux is not in Slurm {self.version}")
+        namespace_yaml = namespace_yaml or self.default_namespace_yaml(mode)
         settings = (mode, namespace_yaml, on_error)
         if settings == self.settings and self.daemons_alive():
             return
         self.stop_daemons()
         self.conf.write_text(self.slurm_conf(mode))
+        # Beside slurm.conf: nsctl finds it through SLURM_CONF, Slurm's namespace/linux there too.
         (self.etc / "namespace.yaml").write_text(namespace_yaml)
         (self.etc / "job_container.conf").write_text(
             f"AutoBasePath=true\nBasePath={self.jc_base}\n"
         )
+        # 24.11 and later load a cgroup plugin even with proctrack/linuxproc and task/none, and
+        # the autodetected cgroup/v2 dies on this host's hybrid layout ("Hybrid mode is not
+        # supported", as /proc/self/cgroup lists v1 hierarchies whatever is mounted).
+        (self.etc / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
+        if self.version == "22.05":
+            (self.etc / "cgroup.conf").unlink()
         # nsctl mode uses the plugin's default index (/run/nsctl/jobs), as the README does;
         # spank mode feeds it hand-made entries through the index_dir= argument.
+        # Slurm reads plugstack.conf beside slurm.conf even without PlugStackConfig=: the other
+        # modes get none, so the plugin is loaded only where the mode says.
+        plugstack = self.etc / "plugstack.conf"
         argument = f" index_dir={self.spank_index}" if mode == "spank" else ""
-        (self.etc / "plugstack.conf").write_text(f"required {self.plugin}{argument}\n")
+        if mode in ("spank", "nsctl"):
+            plugstack.write_text(f"required {self.plugin}{argument}\n")
+        else:
+            plugstack.unlink(missing_ok=True)
         self.install_contrib(on_error)
         self.start_daemons()
         self.mode, self.settings = mode, settings
 
-    def default_namespace_yaml(self) -> str:
-        return f"defaults:\n  auto_base_path: true\n  base_path: {self.ns_base}\n"
+    def default_namespace_yaml(self, mode: str = "nsctl") -> str:
+        base = self.nl_base if mode == "linux" else self.ns_base
+        return f"defaults:\n  auto_base_path: true\n  base_path: {base}\n"
 
     @property
     def env(self) -> dict[str, str]:
@@ -329,47 +452,115 @@ class Lab:
 
     def start_daemons(self) -> None:
         try:
-            run(["slurmctld", "-f", str(self.conf)], env=self.env)
-            # slurmd runs inside the test sandbox's mount namespace. There, binding a new mnt
-            # namespace file fails with EINVAL at random unless that namespace is created on
-            # the CPU the sandbox was made on (slurm-lab.md, the kernel fact): Slurm's own
-            # job_container/tmpfs has no retry, so slurmd and its steps stay on that CPU.
-            run(
-                ["slurmd", "-f", str(self.conf), "-N", self.node],
-                env=self.env,
-                preexec_fn=lambda: os.sched_setaffinity(0, {SANDBOX_CPU}),
-            )
+            self.exec(["slurmctld", "-f", str(self.conf)])
+            for node in self.nodes:
+                self.exec(["slurmd", "-f", str(self.conf), "-N", node],
+                          space=self.node_spaces[node])  # fmt: skip
             self.wait_node_state("idle")
         except BaseException:
             self.stop_daemons()
             raise
 
+    def daemon_pids(self, exe: str, main: bool = False) -> list[int]:
+        """The lab's processes running `exe`; with main, not those forked by another one
+        (slurmctld 23.02 and later runs its scripts from a forked slurmctld, slurmscriptd)."""
+        table = labns.process_table()
+        pids = [pid for pid in self.processes() if exe_name(pid) == exe]
+        return [pid for pid in pids if not (main and table.get(pid) in pids)]
+
     def daemons_alive(self) -> bool:
-        return all(
-            (pid := read_pid(self.root / f"{exe}.pid")) is not None and pid_alive(pid, exe)
-            for exe in ("slurmd", "slurmctld")
+        ctld, slurmd = (
+            self.daemon_pids("slurmctld", main=True),
+            self.daemon_pids("slurmd", main=True),
         )
+        return len(ctld) == 1 and len(slurmd) == len(self.nodes)
 
     def stop_daemons(self) -> None:
+        if self.space is None or not self.space.alive():
+            return
         if self.daemons_alive():
             self.cancel_all()
         self.settings = None
         for exe in ("slurmd", "slurmctld"):
-            pid = read_pid(self.root / f"{exe}.pid")
-            if pid:
-                stop_pid(pid, exe)
+            self._stop_daemon(exe)
+
+    def _stop_daemon(self, exe: str, timeout: float = 20.0) -> None:
+        """SIGTERM the lab's main `exe` processes, wait until no `exe` is left (helpers they
+        forked go with them); SIGKILL whatever hangs."""
+        for pid in self.daemon_pids(exe, main=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.daemon_pids(exe):
+                return
+            time.sleep(0.05)
+        for pid in self.daemon_pids(exe):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        self.stop_daemons()
-        if self.started_munge and self.munge_pid:
-            stop_pid(self.munge_pid, "munged")
+        """Stop the daemons, then end the lab: SIGKILL to its PID 1 ends every process in its
+        PID namespaces, and its mounts go with its mount namespaces."""
+        try:
+            with contextlib.suppress(LabError, subprocess.TimeoutExpired):
+                self.stop_daemons()
+        finally:
+            spaces = [s for s in (self.space, *self.node_spaces.values()) if s is not None]
+            if self.space is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.space.init, signal.SIGKILL)
+            for space in spaces:
+                try:
+                    space.popen.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    space.popen.kill()
+                    space.popen.wait()
+            self.space, self.node_spaces, self.settings = None, {}, None
+            if self._root_in_use:
+                self._root_in_use.close()
+                self._root_in_use = None
 
-    # ---- clients ----------------------------------------------------------------------------
+    # ---- running things in the lab --------------------------------------------------------
+
+    def exec(
+        self,
+        cmd: list[str],
+        space: Optional[labns.Space] = None,
+        env: Optional[dict[str, str]] = None,
+        user: Optional[str] = None,
+        cwd: Optional[str] = None,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> Result:
+        """cmd inside the lab (or a node), as root or `user`, with exactly env (default: PATH
+        and SLURM_CONF)."""
+        space = space or self.space
+        if space is None:
+            raise LabError(f"lab {self.name} is not running")
+        argv = space.argv(cmd, env=self.env if env is None else env, user=user, cwd=cwd)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
+        if check and res.returncode != 0:
+            raise LabError(f"{cmd} in {space.name} exited {res.returncode}:\n"
+                           f"{res.stdout}{res.stderr}")  # fmt: skip
+        return Result(res.returncode, res.stdout, res.stderr)
+
+    def on_node(self, cmd: list[str], node: Optional[str] = None, **kwargs) -> Result:
+        """cmd on a node, as root (a tool an admin would run there)."""
+        return self.exec(cmd, space=self.node_space(node), **kwargs)
+
+    def popen_on_node(self, cmd: list[str], node: Optional[str] = None) -> subprocess.Popen:
+        """A long-running command on a node; its process there is the Popen's child."""
+        argv = self.node_space(node).argv(cmd, env=self.env)
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=labns.die_with_parent,
+        )  # fmt: skip
 
     def admin(self, *cmd: str, check: bool = True, timeout: float = 60) -> Result:
-        """A Slurm client command as root."""
-        res = run(list(cmd), check=check, env=self.env, timeout=timeout)
-        return Result(res.returncode, res.stdout, res.stderr)
+        """A Slurm client command as root, on the controller's side of the lab."""
+        return self.exec(list(cmd), check=check, timeout=timeout)
 
     def as_user(
         self, *cmd: str, extra_env: Optional[dict[str, str]] = None, timeout: float = 120
@@ -377,12 +568,8 @@ class Lab:
         """A command as the job user with a clean submit environment (what a login shell has)."""
         env = {**self.env, "HOME": str(self.home), "USER": self.user, "LOGNAME": self.user}
         env.update(extra_env or {})
-        argv = ["runuser", "-u", self.user, "--", "env", "-i"]
-        argv += [f"{k}={v}" for k, v in env.items()] + list(cmd)
-        res = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, cwd=str(self.home)
-        )
-        return Result(res.returncode, res.stdout, res.stderr)
+        return self.exec(list(cmd), env=env, user=self.user, cwd=str(self.home), check=False,
+                         timeout=timeout)  # fmt: skip
 
     def srun(self, *cmd: str, **kwargs) -> Result:
         return self.as_user("srun", "-Q", *cmd, **kwargs)
@@ -405,7 +592,7 @@ class Lab:
         return path
 
     def submit(self, script: str, *options: str, **kwargs) -> BatchJob:
-        """sbatch as the user, output into a fresh directory (opened on the host side)."""
+        """sbatch as the user, output into a fresh directory of the shared home."""
         sync = self.new_dir("job")
         output = sync / "out"
         job_id = self.sbatch(script, "-o", str(output), *options, **kwargs)
@@ -455,17 +642,19 @@ class Lab:
         return self.admin("sinfo", "-h", "-N", "-o", "%E").stdout.strip()
 
     def wait_node_state(self, state: str, timeout: float = 60) -> None:
+        """Wait until every node is in `state` (sinfo's short name)."""
         deadline = time.monotonic() + timeout
-        seen = ""
+        seen: list[str] = []
         while time.monotonic() < deadline:
-            seen = self.admin("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.strip()
-            if seen == state:
+            res = self.admin("sinfo", "-h", "-N", "-o", "%t", check=False)
+            seen = res.stdout.split()
+            if seen == [state] * len(self.nodes):
                 return
             time.sleep(0.1)
-        raise LabError(f"node state is {seen!r}, waited {timeout}s for {state!r}")
+        raise LabError(f"node states are {seen!r}, waited {timeout}s for {state!r}")
 
     def resume_node(self) -> None:
-        self.admin("scontrol", "update", f"nodename={self.node}", "state=resume")
+        self.admin("scontrol", "update", f"nodename={','.join(self.nodes)}", "state=resume")
         self.wait_node_state("idle")
 
     def job_field(self, job_id: str, field: str) -> str:
@@ -498,7 +687,7 @@ class Lab:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             out = self.admin("squeue", "-h", "-o", "%i", check=False).stdout
-            if not out.strip() and not processes_named(("slurmstepd",)):
+            if not out.strip() and not self.daemon_pids("slurmstepd"):
                 return
             time.sleep(0.1)
         raise LabError("jobs or slurmstepd processes still running after scancel")
@@ -516,45 +705,89 @@ class Lab:
                     text += handle.read()
         return text
 
-    @property
-    def logs(self) -> tuple[Path, Path]:
-        return (self.slurmd_log, self.nsctl_log)
+    # ---- what is in the lab ---------------------------------------------------------------
 
-    def index_entries(self) -> list[str]:
-        """Runtime index entries of this lab's jobs (other nsctl users may share /run/nsctl)."""
-        jobs = RUN_DIR / "jobs"
+    def processes(self, node: Optional[str] = None) -> set[int]:
+        """Host pids of the lab's processes (or one node's): its PID 1 and everything below."""
+        # A node's PID 1 is not below the lab's: nsenter (a host process) started it.
+        if node:
+            spaces = [self.node_spaces[node]] if node in self.node_spaces else []
+        else:
+            spaces = [s for s in (self.space, *self.node_spaces.values()) if s is not None]
+        return labns.descendants([s.init for s in spaces])
+
+    def node_pid(self, host_pid: int, node: Optional[str] = None) -> Optional[int]:
+        """A host pid as a node names it (in the node's PID namespace), or None."""
+        level = len(proc_status(self.node_space(node).init).get("NSpid", "").split()) - 1
+        pids = proc_status(host_pid).get("NSpid", "").split()
+        return int(pids[level]) if 0 < level < len(pids) else None
+
+    def user_processes(self, node: Optional[str] = None) -> list[int]:
+        """Live processes of the job user in the lab (or on one node)."""
         found = []
-        for name in sorted(os.listdir(jobs)) if jobs.is_dir() else []:
-            try:
-                text = (jobs / name).read_text()
-            except OSError:
+        for pid in self.processes(node):
+            status = proc_status(pid)
+            if status and status["Uid"].split()[1] == str(self.uid) and status["State"][0] != "Z":
+                found.append(pid)
+        return sorted(found)
+
+    def index_entries(self, node: Optional[str] = None) -> list[str]:
+        """nsctl's runtime index entries on a node (every node when node is None)."""
+        found = []
+        for name in (node,) if node else self.nodes:
+            if name not in self.node_spaces:
                 continue
-            if f"={self.root}/" in text:
-                found.append(name)
+            jobs = self.run_dir(name) / "jobs"
+            found += sorted(os.listdir(jobs)) if jobs.is_dir() else []
         return found
 
     def holders(self) -> list[int]:
-        """nsctl holder processes started for this lab's jobs (their environment names the lab)."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                environ = Path(f"/proc/{entry}/environ").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(b"nsctl:") and str(self.root).encode() in environ:
-                found.append(int(entry))
-        return found
+        """nsctl holder processes in the lab (host pids)."""
+        return sorted(pid for pid in self.processes() if labns.cmdline(pid).startswith(b"nsctl:"))
 
     def leftovers(self) -> list[str]:
-        """Everything the lab could have leaked onto the host; empty when clean."""
-        problems = []
-        for pid, exe in processes_named(SLURM_BINARIES):
-            if not (exe == "munged" and not self.started_munge and pid == self.munge_pid):
-                problems.append(f"process {pid} ({exe}) still running")
-        problems += [f"mount {m} left" for m in mounts_under(str(self.root))]
-        problems += [f"runtime index entry {e} left" for e in self.index_entries()]
+        """What the lab's jobs left in it (run while it is up); empty when clean."""
+        if self.space is None or not self.space.alive():
+            return []
+        problems = [f"slurmstepd {pid} still running" for pid in self.daemon_pids("slurmstepd")]
         problems += [f"holder process {pid} left" for pid in self.holders()]
+        problems += [f"job user process {pid} left" for pid in self.user_processes()]
+        expected = {str(self.root), str(self.local)}
+        for node in self.nodes:
+            mounts = self.mounts_under(str(self.root), node)
+            problems += [f"mount {m} left on {node}" for m in mounts if m not in expected]
+            problems += [
+                f"runtime index entry {e} left on {node}" for e in self.index_entries(node)
+            ]
         return problems
+
+    def host_leftovers(self, namespaces: dict[str, set[int]]) -> list[str]:
+        """What a stopped lab left on the host: processes in its namespaces, mounts under its
+        directory or its root, nsctl index entries naming it. `namespaces` are the ids that
+        recorded_namespaces() returned while it ran."""
+        problems = []
+        for pid in labns.process_table():
+            for kind in ("pid", "mnt"):
+                if labns.ns_id(f"/proc/{pid}/ns/{kind}") in namespaces.get(kind, ()):
+                    problems.append(
+                        f"process {pid} ({exe_name(pid)}) left in a lab {kind} namespace"
+                    )
+                    break
+        for mountinfo in ("/proc/self/mountinfo", "/proc/1/mountinfo"):
+            for prefix in (str(self.root), str(self.system_root)):
+                problems += [
+                    f"mount {m} left ({mountinfo})" for m in mounts_under(prefix, mountinfo)
+                ]
+        jobs = Path(RUN_DIR) / "jobs"
+        for name in sorted(os.listdir(jobs)) if jobs.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if f"={self.root}/" in (jobs / name).read_text():
+                    problems.append(f"host runtime index entry {jobs / name} names the lab")
+        return problems
+
+    def recorded_namespaces(self) -> dict[str, set[int]]:
+        """The ids of the lab's and nodes' pid and mnt namespaces (for host_leftovers)."""
+        spaces = [s for s in (self.space, *self.node_spaces.values()) if s is not None]
+        return {
+            kind: {s.ns_ids[kind] for s in spaces if s.ns_ids.get(kind)} for kind in ("pid", "mnt")
+        }

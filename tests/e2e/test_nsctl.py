@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
-from slurmlab import RUN_DIR, Lab, mounts_under
+from slurmlab import Lab
 
 from nsctl.layout import parse_index
 
@@ -16,29 +14,13 @@ def namespace_yaml(lab: Lab, extra: str = "", base: str = "") -> str:
     return f"defaults:\n  auto_base_path: true\n  base_path: {base or lab.ns_base}\n" + extra
 
 
-def index_entry(job_id: str) -> dict[str, str]:
-    return parse_index((RUN_DIR / "jobs" / job_id).read_text())
-
-
-def user_processes(lab: Lab) -> list[int]:
-    """Live processes of the job user on this machine."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{name}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields["Uid"].split()[1] == str(lab.uid) and fields["State"].split()[0] != "Z":
-            found.append(int(name))
-    return found
+def index_entry(lab: Lab, job_id: str) -> dict[str, str]:
+    return parse_index((lab.run_dir() / "jobs" / job_id).read_text())
 
 
 def assert_no_leftovers(lab: Lab, job_id: str) -> None:
-    left = [str(p) for p in [lab.ns_base / job_id, RUN_DIR / "jobs" / job_id] if p.exists()]
-    left += mounts_under(str(lab.ns_base / job_id))
+    left = [str(p) for p in [lab.ns_base / job_id, lab.run_dir() / "jobs" / job_id] if p.exists()]
+    left += lab.mounts_under(str(lab.ns_base / job_id))
     assert not left, left
 
 
@@ -82,9 +64,10 @@ def test_pid_namespace_forwards_signals_to_the_task(pid_ns: Lab) -> None:
     assert "caught USR1" in job.read() and "step rc=5" in job.read(), job.read()
 
 
-def is_holder(pid: int) -> bool:
+def is_holder(lab: Lab, pid: int) -> bool:
+    """Whether pid (as the node names it: the index entry's holder_pid) is an nsctl holder."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nsctl: [")
+        return lab.node_path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nsctl: [")
     except OSError:
         return False
 
@@ -93,13 +76,13 @@ def test_scancel_kills_everything_and_the_holder_goes(pid_ns: Lab) -> None:
     sync = pid_ns.new_dir("cancel")
     job = pid_ns.submit(f"srun -Q sh -c ': > {sync}/step; exec sleep 600'\n")
     pid_ns.wait_file(sync / "step", job)
-    holder = int(index_entry(job.job_id)["holder_pid"])
-    assert is_holder(holder)
-    assert user_processes(pid_ns), "the job's sleep should be running"
+    holder = int(index_entry(pid_ns, job.job_id)["holder_pid"])
+    assert is_holder(pid_ns, holder)
+    assert pid_ns.user_processes(), "the job's sleep should be running"
     pid_ns.admin("scancel", job.job_id)
     pid_ns.wait_job_gone(job.job_id)
-    assert not is_holder(holder)
-    assert user_processes(pid_ns) == []
+    assert not is_holder(pid_ns, holder)
+    assert pid_ns.user_processes() == []
     assert_no_leftovers(pid_ns, job.job_id)
 
 
@@ -119,7 +102,7 @@ def test_user_namespace_identity_map_and_job_runs_normally(lab: Lab) -> None:
     assert res.returncode == 0 and "error" not in res.stderr, res
     lines = [line.split() for line in res.stdout.splitlines()]
     assert lines[0] == ["0", "0", "4294967295"] and lines[1] == ["0", "0", "4294967295"], res
-    assert lines[2] != [os.readlink("/proc/self/ns/user")], res
+    assert lines[2] != [lab.ns_link("user")], res
     assert lines[3:6] == [[lab.user], [lab.user, "644"], ["data"]], res
     assert lines[6][:2] == ["1", "nsctl:"], res
 
@@ -173,7 +156,7 @@ def test_broken_setup_drains_the_node_with_the_default_policy(
         assert "error: prolog failed" in logs.lower(), logs
         # The failed setup rolled back: nothing of the job is left on the node.
         assert not [p for p in lab.ns_base.iterdir()] if lab.ns_base.exists() else True
-        assert lab.index_entries() == [] and mounts_under(str(lab.ns_base)) == []
+        assert lab.index_entries() == [] and lab.mounts_under(str(lab.ns_base)) == []
     finally:
         lab.admin("scancel", "--full", "-u", lab.user, check=False)
         lab.resume_node()
@@ -187,10 +170,11 @@ def test_broken_setup_runs_the_job_unisolated_with_on_error_ignore(
     mark = lab.log_mark()
     res = lab.srun("sh", "-c", "echo the job ran; stat -c %a /tmp; readlink /proc/self/ns/mnt")
     assert res.returncode == 0, res
-    assert res.stdout.splitlines() == ["the job ran", "1777", os.readlink("/proc/self/ns/mnt")]
+    # Unisolated: in the node's own mount namespace, where slurmd runs.
+    assert res.stdout.splitlines() == ["the job ran", "1777", lab.ns_link("mnt")]
     assert "refusing on purpose" in lab.logs_since(mark)
     assert lab.node_state() in ("idle", "comp")
-    assert lab.index_entries() == [] and mounts_under(str(lab.ns_base)) == []
+    assert lab.index_entries() == [] and lab.mounts_under(str(lab.ns_base)) == []
 
 
 # ---- 9. node_confs by Slurm node name --------------------------------------------------------
@@ -209,7 +193,7 @@ def test_node_confs_keyed_by_the_slurm_node_name(lab: Lab) -> None:
         f"    options: {{base_path: {chosen}}}\n",
     )
     with lab.running_job("touch /tmp/here") as job:
-        entry = index_entry(job.job_id)
+        entry = index_entry(lab, job.job_id)
         assert entry["job_dir"] == f"{chosen}/{job.job_id}"
         backing = chosen / job.job_id / f".{job.job_id}" / "_tmp" / "here"
         assert backing.is_file()

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from slurmlab import RUN_DIR, Lab, mounts_under
+from slurmlab import Lab
 
 MODES = ("nsctl", "tmpfs")
 CHECKS = ("private_tmp", "steps_share", "jobs_apart", "cleanup")
@@ -26,7 +26,8 @@ def job_dirs(lab: Lab, job_id: str) -> list[Path]:
     """Where the job's files live on the host in the current mode."""
     if lab.mode == "nsctl":
         return [lab.ns_base / job_id]
-    return [lab.jc_base / lab.node / job_id]  # the C plugin appends the node name
+    return [lab.jc_base / lab.node / job_id]  # the C plugin appends the node name (Debian's
+    # Slurm is built with multiple-slurmd support)
 
 
 def record(observations: dict, lab: Lab, check: str, value: object) -> None:
@@ -39,7 +40,8 @@ def assert_clean_stderr(stderr: str) -> None:
 
 
 def test_private_tmp_is_empty_owned_by_user_0700(cluster: Lab, observations: dict) -> None:
-    host_tmp = os.stat("/tmp")
+    node_tmp = cluster.node_path("/tmp")  # the node's own /tmp (what a job would share)
+    host_tmp = os.stat(node_tmp)
     res = cluster.srun(
         "sh",
         "-c",
@@ -55,9 +57,9 @@ def test_private_tmp_is_empty_owned_by_user_0700(cluster: Lab, observations: dic
     dot = next(fields for fields in entries if fields[-1] == ".")
     mode, owner, group = dot[0], dot[2], dot[3]
     assert (mode, owner) == ("drwx------", cluster.user), res
-    # The job wrote into its own /tmp, not the host's, and the host's /tmp is as it was.
-    assert not os.path.exists(f"/tmp/nsctl-e2e-{job_id}")
-    after = os.stat("/tmp")
+    # The job wrote into its own /tmp, not the node's, and the node's /tmp is as it was.
+    assert not (node_tmp / f"nsctl-e2e-{job_id}").exists()
+    after = os.stat(node_tmp)
     assert (after.st_mode, after.st_uid, after.st_ino) == (
         host_tmp.st_mode,
         host_tmp.st_uid,
@@ -79,7 +81,7 @@ def test_steps_and_batch_script_share_one_tmp(cluster: Lab, observations: dict) 
     assert "batch: written-by-step-1" in out, out
     ns_line = next(line for line in out.splitlines() if line.startswith("ns: "))
     batch_ns, step_ns = ns_line.split()[1:]
-    assert batch_ns == step_ns != os.readlink("/proc/self/ns/mnt"), out
+    assert batch_ns == step_ns != cluster.ns_link("mnt"), out
     assert cluster.job_field(job.job_id, "ExitCode") == "0:0", out
     record(observations, cluster, "steps_share", [line for line in out.splitlines()[:2]])
 
@@ -116,14 +118,14 @@ def test_nothing_left_after_the_job(cluster: Lab, observations: dict) -> None:
         dirs = job_dirs(cluster, job.job_id)
         # While the job runs its directories and mounts exist: the checks below can fail.
         assert all(path.is_dir() for path in dirs), dirs
-        assert all(mounts_under(str(path)) for path in dirs), dirs
+        assert all(cluster.mounts_under(str(path)) for path in dirs), dirs
         if cluster.mode == "nsctl":
-            assert (RUN_DIR / "jobs" / job.job_id).is_file()
+            assert (cluster.run_dir() / "jobs" / job.job_id).is_file()
     # running_job waited for the job and its Epilog to finish.
     left = [str(p) for p in dirs if os.path.lexists(p)]
-    left += [m for p in dirs for m in mounts_under(str(p))]
+    left += [m for p in dirs for m in cluster.mounts_under(str(p))]
     if cluster.mode == "nsctl":
-        left += [str(p) for p in [RUN_DIR / "jobs" / job.job_id] if p.exists()]
+        left += [str(p) for p in [cluster.run_dir() / "jobs" / job.job_id] if p.exists()]
     assert not left, left
     record(observations, cluster, "cleanup", left)
 
