@@ -132,8 +132,9 @@ class HandmadeNamespace:
         return self.lab.node_pid(pid) if pid else None
 
     def holder_start(self) -> str:
-        """Field 22 of the holder's /proc/PID/stat, as nsctl records it (0 without a holder)."""
-        pid = self.holder_pid()
+        """Field 22 of the holder's /proc/PID/stat, as nsctl records it (0 without a holder): the
+        same from any PID namespace, so read through the host's pid."""
+        pid = self.holder_host_pid()
         if not pid:
             return "0"
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
