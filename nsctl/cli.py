@@ -317,14 +317,17 @@ def teardown(config_file, node, job_id, dry_run, wait, verbose):
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--job-id", metavar="ID", help="Job id [default: $SLURM_JOB_ID].")
 @click.option("--as-user", is_flag=True, help="Drop to the job's uid, gid and groups first.")
+@_config_option
+@_node_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD [ARGS]...]")
-def join(job_id, as_user, command):
+def join(job_id, as_user, config_file, node, command):
     """Run a command inside a job's namespaces (root only).
 
     CMD defaults to the caller's login shell, else /bin/sh. It never gets the caller's terminal:
     it runs in a new session, on a new pseudo-terminal that join relays when the caller has a
     terminal, with no controlling terminal otherwise. The exit status is CMD's; a command killed
-    by signal N exits 128+N.
+    by signal N exits 128+N. A job without nsctl namespaces that Slurm's own namespace/linux
+    plugin made (found from the config and the node name) is joined too.
     """
     import pwd
 
@@ -338,7 +341,7 @@ def join(job_id, as_user, command):
             argv = [pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"]
         except KeyError:
             argv = ["/bin/sh"]
-    sys.exit(joiner.join(job_id, argv, as_user))
+    sys.exit(joiner.join(job_id, argv, as_user, config_file, node))
 
 
 # ---------------------------------------------------------------------------------------------

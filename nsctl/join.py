@@ -44,11 +44,43 @@ def _open_stdio() -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
-def open_namespaces(job_id: str) -> list[tuple[str, int]]:
-    """Open every namespace file of a live job, in join order."""
+def find_job(job_id: str, config_file: Optional[str] = None, node: Optional[str] = None):
+    """The job's index entry; for a job of Slurm's own namespace/linux plugin (no nsctl index:
+    ``B[/<NodeName>]/J/.ns`` from the config and the node name, root's alone, as nsctl's own
+    job directories must be), one made up from what is bound there. InputError otherwise."""
     entry = read_index(job_id)
-    if entry is None:
+    if entry is not None:
+        return entry
+    from . import config, inventory, procfs
+    from .errors import ConfigError
+    from .loader import load_node_config
+
+    try:
+        resolved = load_node_config(config.config_path(config_file), config.node_name(node))
+    except ConfigError:
+        resolved = None
+    records = inventory.inventory(resolved, job_id) if resolved else []
+    record = records[0] if records else None
+    if record is None or record.made_by != "slurm" or "mnt" not in record.namespaces:
         raise InputError(f"job {job_id} has no nsctl namespaces on this node")
+    try:
+        owner = pwd.getpwuid(os.lstat(os.path.join(record.job_dir, f".{job_id}")).st_uid)
+    except (OSError, KeyError):
+        raise InputError(f"job {job_id}: the owner of Slurm's job directory is unknown") from None
+    return IndexEntry(
+        job_id,
+        owner.pw_uid,
+        owner.pw_gid,
+        owner.pw_name,
+        record.job_dir,
+        record.namespaces,
+        holder_pid=record.holder_pid,
+        holder_start=procfs.start_time(record.holder_pid) or "0" if record.holder_pid else "0",
+    )
+
+
+def open_namespaces(entry: IndexEntry) -> list[tuple[str, int]]:
+    """Open every namespace file of a live job, in join order."""
     kinds, ns_dir = entry.namespaces, entry.ns_dir
     opened: list[tuple[str, int]] = []
     try:
@@ -105,21 +137,25 @@ def _fork(job_id: str, entry: IndexEntry) -> int:
         raise NsctlError(f"cannot start the command in job {job_id}: {exc.strerror}") from None
 
 
-def join(job_id: str, argv: Sequence[str], as_user: bool = False) -> int:
+def join(
+    job_id: str,
+    argv: Sequence[str],
+    as_user: bool = False,
+    config_file: Optional[str] = None,
+    node: Optional[str] = None,
+) -> int:
     """Run argv inside the job's namespaces; returns its exit status (128+N for signal N)."""
     if os.geteuid() != 0:
         raise NsctlError("join needs root (setns requires CAP_SYS_ADMIN)")
     _open_stdio()
-    entry = read_index(job_id)
-    if entry is None:
-        raise InputError(f"job {job_id} has no nsctl namespaces on this node")
+    entry = find_job(job_id, config_file, node)
     user = _job_user(job_id, entry) if as_user else None
     if not _single_threaded():
         raise NsctlError("join must run single-threaded (setns into a user or mount namespace)")
     cwd = os.getcwd()
     # The command's pty, if it gets one, comes from the caller's /dev/ptmx: before setns.
     with Relay(owner=user.passwd.pw_uid if user else None) as relay:
-        opened = open_namespaces(job_id)
+        opened = open_namespaces(entry)
         try:
             for kind, fd in opened:
                 try:
