@@ -297,21 +297,29 @@ class Lab:
         return "\n".join(lines) + "\n"
 
     def configure(
-        self, mode: str, namespace_yaml: Optional[str] = None, on_error: str = "fail"
+        self,
+        mode: str,
+        namespace_yaml: Optional[str] = None,
+        on_error: str = "fail",
+        job_container_conf: Optional[str] = None,
     ) -> None:
-        """Put the cluster in a mode; restarts the daemons only when something changed."""
+        """Put the cluster in a mode; restarts the daemons only when something changed.
+
+        ``job_container_conf`` is the text of job_container.conf for job_container/tmpfs
+        (default: AutoBasePath=true and BasePath=jc_base).
+        """
         if mode not in ("none", "tmpfs", "spank", "nsctl"):
             raise ValueError(mode)
         namespace_yaml = namespace_yaml or self.default_namespace_yaml()
-        settings = (mode, namespace_yaml, on_error)
+        if job_container_conf is None:
+            job_container_conf = f"AutoBasePath=true\nBasePath={self.jc_base}\n"
+        settings = (mode, namespace_yaml, on_error, job_container_conf)
         if settings == self.settings and self.daemons_alive():
             return
         self.stop_daemons()
         self.conf.write_text(self.slurm_conf(mode))
         (self.etc / "namespace.yaml").write_text(namespace_yaml)
-        (self.etc / "job_container.conf").write_text(
-            f"AutoBasePath=true\nBasePath={self.jc_base}\n"
-        )
+        (self.etc / "job_container.conf").write_text(job_container_conf)
         # nsctl mode uses the plugin's default index (/run/nsctl/jobs), as the README does;
         # spank mode feeds it hand-made entries through the index_dir= argument.
         argument = f" index_dir={self.spank_index}" if mode == "spank" else ""
