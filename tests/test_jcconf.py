@@ -8,6 +8,8 @@ lists them); the real Slurm 22.05 reads the corpus in tests/configs/jobcontainer
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nsctl import config, jcconf
 
@@ -462,3 +464,56 @@ def test_the_key_table_is_slurms():
     for key in jcconf.KEYS:
         if key.option:
             assert key.option in config.NodeConfig._fields or key.option == "dirs", key
+
+
+# ---------------------------------------------------------------------------------------------
+# nothing, however odd, makes the reader raise
+
+
+PIECES = st.sampled_from(
+    [
+        "NodeName=",
+        "BasePath=",
+        "Dirs=",
+        "AutoBasePath=",
+        "Shared=",
+        "InitScript=",
+        "CloneNSScript_Wait=",
+        "n[1-3]",
+        "n1",
+        "/tmp",
+        "/dev/shm",
+        "/var/ns/%n",
+        "none",
+        "yes",
+        "0",
+        "010",
+        '"',
+        '""',
+        "#",
+        "\\",
+        "\\#",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        ",",
+        "+=",
+        "include ",
+        "%",
+        "\x00",
+        "é",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(PIECES, max_size=40).map("".join))
+def test_any_text_is_checked_without_raising_and_what_passes_resolves(text):
+    checked = jcconf.check_text(text, FILE, (22, 5), ["n1"])
+    assert all(i.line >= 0 for i in checked.issues)
+    if checked.valid:
+        for node in ("n1", "n2"):
+            resolved = jcconf.resolve(checked.data, node)
+            assert config.from_dict(config.to_dict(resolved), resolved.origins) == resolved
+        jcconf.node_report(checked.data, ["n1", "n2", "n3"])
