@@ -22,9 +22,46 @@ def _config_option(func):
         "--config",
         "config_file",
         metavar="PATH",
-        help="namespace.yaml to use [default: $NSCTL_CONFIG, else namespace.yaml beside "
-        "$SLURM_CONF, else /etc/slurm/namespace.yaml].",
+        help="namespace.yaml or job_container.conf to use [default: $NSCTL_CONFIG, else "
+        "namespace.yaml beside $SLURM_CONF (or in /etc/slurm), else job_container.conf there].",
     )(func)
+
+
+def _format_in_option(func):
+    return click.option(
+        "--format-in",
+        type=click.Choice(list(config.FORMATS)),
+        help="The file's format: yaml (namespace.yaml) or tmpfs (job_container.conf) "
+        "[default: by the file name, tmpfs for a name ending in .conf].",
+    )(func)
+
+
+def _check_version(ctx, param, value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        from .jcconf import parse_version
+
+        try:
+            parse_version(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _slurm_version_option(func):
+    return click.option(
+        "--slurm-version",
+        metavar="VERSION",
+        callback=_check_version,
+        help="For a job_container.conf: also refuse what this Slurm release (e.g. 22.05 or "
+        "22.05.8) reads differently from nsctl [default: none, the newest reading].",
+    )(func)
+
+
+def _format_of(path: str, format_in: Optional[str], slurm_version: Optional[str]) -> str:
+    fmt = config.config_format(path, format_in)
+    if slurm_version and fmt != config.TMPFS:
+        raise click.UsageError("--slurm-version applies to a job_container.conf only")
+    return fmt
 
 
 def _node_option(func):
@@ -49,7 +86,8 @@ class _Group(click.Group):
 def main() -> None:
     """Per-job private /tmp, /dev/shm, PID and user namespaces for Slurm.
 
-    nsctl reads Slurm's namespace.yaml. Slurm's Prolog and Epilog run `nsctl setup` and
+    nsctl reads Slurm's namespace.yaml, or a job_container.conf (namespace/tmpfs, formerly
+    job_container/tmpfs). Slurm's Prolog and Epilog run `nsctl setup` and
     `nsctl teardown` through the lighter entry points nsctl-prolog and nsctl-epilog
     (contrib/slurm); see nsctl(8) and namespace.yaml(5).
     """
@@ -91,19 +129,36 @@ def _report_nodes(nodes: Optional[str], env) -> tuple[list[str], str]:
     show_default=True,
     help="Output format.",
 )
-def validate(file: Optional[str], config_file: Optional[str], nodes: Optional[str], fmt: str):
-    """Check a namespace.yaml strictly and report what each node gets.
+@_format_in_option
+@_slurm_version_option
+def validate(
+    file: Optional[str],
+    config_file: Optional[str],
+    nodes: Optional[str],
+    fmt: str,
+    format_in: Optional[str],
+    slurm_version: Optional[str],
+):
+    """Check a namespace.yaml or job_container.conf strictly and report what each node gets.
 
-    Every problem is reported at once as FILE:LINE:COLUMN: KEY.PATH: MESSAGE. Exits 0 when the
-    file is valid (warnings allowed), 1 when it is not, 2 on a usage error.
+    Every problem is reported at once as FILE:LINE:COLUMN: KEY.PATH: MESSAGE (for a
+    job_container.conf FILE:LINE: LINE'S FIRST KEY: MESSAGE). Exits 0 when the file is valid
+    (warnings allowed), 1 when it is not, 2 on a usage error.
     """
-    from . import validate as checker
-
     if file and config_file:
         raise click.UsageError("give the file either as an argument or with --config, not both")
     path = config.config_path(file or config_file)
-    checked = checker.check_file(path)
+    file_format = _format_of(path, format_in, slurm_version)
     node_names, source = _report_nodes(nodes, os.environ)
+    if file_format == config.TMPFS:
+        from . import jcconf as checker
+
+        version = checker.parse_version(slurm_version) if slurm_version else None
+        checked = checker.check_file(path, slurm_version=version, nodes=node_names)
+    else:
+        from . import validate as checker
+
+        checked = checker.check_file(path)
     report = None
     if checked.valid:
         hostnames = config.slurm_node_hostnames(os.environ.get("SLURM_CONF"))
@@ -127,11 +182,11 @@ def validate(file: Optional[str], config_file: Optional[str], nodes: Optional[st
         counts += [f"{len(checked.warnings)} warning(s)"] if checked.warnings else []
         click.echo(summary + (f" ({', '.join(counts)})" if counts else ""))
         if report:
-            _echo_report(report, source)
+            _echo_report(report, source, file_format)
     sys.exit(Exit.OK if checked.valid else Exit.FAILURE)
 
 
-def _echo_report(report, source: str) -> None:
+def _echo_report(report, source: str, file_format: str = config.YAML) -> None:
     if report.groups:
         click.echo(f"\nNodes (from {source}):")
         width = max(len(g["nodes"]) for g in report.groups)
@@ -151,6 +206,12 @@ def _echo_report(report, source: str) -> None:
         if report.unused:
             click.echo(f"  note: no listed node uses {', '.join(report.unused)}")
     for item in report.shadowed:
+        if file_format == config.TMPFS:
+            click.echo(
+                f"warning: {item['entry']} has no effect: later lines set every key it sets, "
+                f"on all of its nodes ({item['nodes']})"
+            )
+            continue
         click.echo(
             f"warning: {item['entry']} can never apply: earlier entries already match all of "
             f"its nodes ({item['nodes']})"
@@ -189,14 +250,27 @@ def _explained_yaml(data: dict, origins: dict) -> str:
 @click.option(
     "--explain",
     is_flag=True,
-    help="Show where each value came from (defaults, node_confs[i], built-in default).",
+    help="Show where each value came from (defaults, node_confs[i], a job_container.conf "
+    "line, built-in default).",
 )
-def show_config(config_file: Optional[str], node: Optional[str], fmt: str, explain: bool):
+@_format_in_option
+@_slurm_version_option
+def show_config(
+    config_file: Optional[str],
+    node: Optional[str],
+    fmt: str,
+    explain: bool,
+    format_in: Optional[str],
+    slurm_version: Optional[str],
+):
     """Show the configuration one node resolves to, every default made explicit."""
     from .loader import load_node_config
 
     path = config.config_path(config_file)
-    resolved = load_node_config(path, config.node_name(node))
+    file_format = _format_of(path, format_in, slurm_version)
+    resolved = load_node_config(
+        path, config.node_name(node), fmt=file_format, slurm_version=slurm_version
+    )
     data = config.to_dict(resolved)
     origins = dict(resolved.origins)
     if fmt == "json":
@@ -210,6 +284,40 @@ def show_config(config_file: Optional[str], node: Optional[str], fmt: str, expla
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     if not resolved.enabled:
         click.echo(f"nsctl is disabled on {resolved.node}: {resolved.disabled_reason}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+
+
+@main.command()
+@click.argument("file", metavar="FILE")
+@click.option(
+    "--format-in",
+    type=click.Choice([config.TMPFS]),
+    help="The file's format: tmpfs (job_container.conf) [default: by the file name].",
+)
+def convert(file: str, format_in: Optional[str]):
+    """Print the namespace.yaml that gives every node what a job_container.conf gives it.
+
+    Each value carries a comment naming the line it came from. A file that is not valid, or
+    that says what namespace.yaml cannot say the same way, is refused (exit 1) with the reason.
+    """
+    from . import jcconf
+    from .convert import convert as converted
+
+    if config.config_format(file, format_in) != config.TMPFS:
+        raise click.UsageError(
+            f"{file} is not a job_container.conf by its name: give --format-in tmpfs if it is one"
+        )
+    checked = jcconf.check_file(file)
+    if not checked.valid:
+        for issue in checked.issues:
+            click.echo(str(issue), err=True)
+        raise NsctlError(f"{file} is not valid ({len(checked.errors)} error(s)): nothing converted")
+    for issue in checked.warnings:
+        click.echo(str(issue), err=True)
+    click.echo(converted(checked.data, os.path.basename(file)), nl=False)
 
 
 # ---------------------------------------------------------------------------------------------

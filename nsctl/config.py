@@ -21,6 +21,15 @@ from typing import Any, NamedTuple, Optional
 import hostlist
 
 DEFAULT_CONFIG = "/etc/slurm/namespace.yaml"
+NAMESPACE_YAML = "namespace.yaml"
+JOB_CONTAINER_CONF = "job_container.conf"
+
+# The two file formats, named as --format-in names them, and the Slurm plugin each belongs to.
+YAML = "yaml"  # namespace.yaml: Slurm's namespace/linux (25.11 and later)
+TMPFS = "tmpfs"  # job_container.conf: namespace/tmpfs, formerly job_container/tmpfs (20.11.5+)
+FORMATS = (YAML, TMPFS)
+LINUX_PLUGIN = "namespace/linux"
+TMPFS_PLUGIN = "namespace/tmpfs"
 DEFAULT_DIRS = "/tmp,/dev/shm"
 DEFAULT_WAIT = 10
 USER_NS_SCRIPT_WAIT = 10  # fixed in Slurm, not configurable
@@ -105,6 +114,7 @@ STRING_KEYS = tuple(o.name for o in OPTIONS if o.kind in (BASE_PATH, SCRIPT, DIR
 BOOL_KEYS = tuple(o.name for o in OPTIONS if o.kind == BOOL)
 WAIT_KEYS = tuple(o.name for o in OPTIONS if o.kind == WAIT)
 RESOLVED_KEYS = tuple(name for name in OPTION_KEYS if name != "dirs")  # the NodeConfig fields
+TMPFS_FIELDS = ("plugin", "entire_step_in_ns")  # NodeConfig fields only job_container.conf sets
 
 CLONE_FLAGS = ("CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWUSER")
 
@@ -151,6 +161,16 @@ class NodeConfig(NamedTuple):
     disable_bpf_token: bool = False
     dir_confs: tuple[DirConf, ...] = ()
     origins: Mapping[str, str] = MappingProxyType({})
+    # Whose behaviour nsctl reproduces on this node: namespace/tmpfs (a job_container.conf)
+    # replaces the node's /dev/shm with a tmpfs without flags and hides the job directory
+    # inside the job (plan.py). EntireStepInNS is that file's; namespace/linux always puts the
+    # whole step inside, and nsctl's SPANK plugin does the same either way (job_container.conf(5)).
+    plugin: str = LINUX_PLUGIN
+    entire_step_in_ns: bool = True
+
+    @property
+    def tmpfs_plugin(self) -> bool:
+        return self.plugin == TMPFS_PLUGIN
 
     @property
     def pid_ns(self) -> bool:
@@ -166,18 +186,42 @@ class NodeConfig(NamedTuple):
 
 
 def config_path(explicit: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> str:
-    """--config, else $NSCTL_CONFIG, else namespace.yaml beside $SLURM_CONF, else the default.
+    """--config, else $NSCTL_CONFIG, else namespace.yaml beside $SLURM_CONF (or in /etc/slurm
+    without it), else job_container.conf there when only that exists.
 
-    SLURM_CONF also covers configless Slurm, whose cached config directory it names.
+    SLURM_CONF also covers configless Slurm, whose cached config directory it names. With
+    neither file, the namespace.yaml path (reading it then says it is missing).
     """
     env = os.environ if env is None else env
     if explicit:
         return explicit
     if env.get("NSCTL_CONFIG"):
         return env["NSCTL_CONFIG"]
-    if env.get("SLURM_CONF"):
-        return os.path.join(os.path.dirname(env["SLURM_CONF"]), "namespace.yaml")
-    return DEFAULT_CONFIG
+    directory = os.path.dirname(env["SLURM_CONF"] if env.get("SLURM_CONF") else DEFAULT_CONFIG)
+    yaml_path = os.path.join(directory, NAMESPACE_YAML)
+    tmpfs_path = os.path.join(directory, JOB_CONTAINER_CONF)
+    if not os.path.exists(yaml_path) and os.path.exists(tmpfs_path):
+        return tmpfs_path
+    return yaml_path
+
+
+def config_format(path: str, explicit: Optional[str] = None) -> str:
+    """--format-in, else by the file name: a name ending in .conf is a job_container.conf."""
+    if explicit:
+        return explicit
+    return TMPFS if os.path.basename(path).endswith(".conf") else YAML
+
+
+def slurm_wait(value: int) -> str:
+    """What Slurm's script runner does with a stored wait: it multiplies the seconds into
+    milliseconds in 32 bits and reads them as a signed int, where 0 or less means no limit."""
+    if value == 0:
+        return f"wait the default {DEFAULT_WAIT} s"
+    ms = (value * 1000) & 0xFFFFFFFF
+    ms -= 2**32 if ms >= 2**31 else 0
+    if ms <= 0:
+        return "wait without any time limit"
+    return f"wait {ms // 1000} s" if ms % 1000 == 0 else f"wait {ms / 1000:.3f} s"
 
 
 def short_hostname() -> str:
@@ -491,14 +535,18 @@ def _dir_dict(d: DirConf) -> dict[str, Any]:
 
 def to_dict(config: NodeConfig) -> dict[str, Any]:
     """The resolved configuration as plain data, every default explicit (show-config, cache)."""
+    # The plugin and EntireStepInNS are shown for a job_container.conf only: namespace.yaml's
+    # output stays what it always was.
+    tmpfs = {"plugin": config.plugin} if config.tmpfs_plugin else {}
     if not config.enabled:
         return {
             "node": config.node,
             "entry": config.entry or None,
             "enabled": False,
+            **tmpfs,
             "reason": config.disabled_reason,
         }
-    data: dict[str, Any] = {"node": config.node, "entry": config.entry, "enabled": True}
+    data: dict[str, Any] = {"node": config.node, "entry": config.entry, "enabled": True, **tmpfs}
     for name in RESOLVED_KEYS:
         value = getattr(config, name)
         if name == "clone_ns_flags":
@@ -506,11 +554,14 @@ def to_dict(config: NodeConfig) -> dict[str, Any]:
         elif name == "dir_confs":
             value = [_dir_dict(d) for d in value]
         data[name] = value
+    if config.tmpfs_plugin:
+        data["entire_step_in_ns"] = config.entire_step_in_ns
     return data
 
 
 def from_dict(data: Mapping[str, Any], origins: Optional[Mapping[str, str]] = None) -> NodeConfig:
     """Inverse of ``to_dict`` (used by the resolved-config cache)."""
+    plugin = data.get("plugin", LINUX_PLUGIN)
     if not data["enabled"]:
         return NodeConfig(
             node=data["node"],
@@ -518,8 +569,11 @@ def from_dict(data: Mapping[str, Any], origins: Optional[Mapping[str, str]] = No
             enabled=False,
             disabled_reason=data["reason"],
             origins=dict(origins or {}),
+            plugin=plugin,
         )
     values = {name: data[name] for name in RESOLVED_KEYS}
+    values["plugin"] = plugin
+    values["entire_step_in_ns"] = data.get("entire_step_in_ns", True)
     dirs = []
     for d in values.pop("dir_confs"):
         flag_words, tokens = parse_mount_options(d["options"])

@@ -1,9 +1,10 @@
 """The engine: run a setup plan for real, undo it on failure, and run a teardown plan.
 
 All above (config, plan) is preparation; this is where nsctl touches the kernel. Each plan op
-type has one handler, in ``_SETUP_STEPS`` and ``_TEARDOWN_STEPS``. Setup is transactional: when
-any step fails, the job's teardown (planned from the config and the index, not from what happened
-to succeed) removes every mount, directory, holder and index entry, and the error names the step.
+type has one handler, in ``_SETUP_STEPS``, ``_CHILD_STEPS`` (the namespace's first process) and
+``_TEARDOWN_STEPS``. Setup is transactional: when any step fails, the job's teardown (planned
+from the config and the index, not from what happened to succeed) removes every mount,
+directory, holder and index entry, and the error names the step.
 Jobs are serialised per job id with a byte-range lock on one file, so parallel Prologs and
 Epilogs of different jobs never wait for each other.
 """
@@ -252,43 +253,75 @@ _SETUP_STEPS: dict[type, Callable] = {
 # The namespace child
 
 
-def _child_op(op: plan.ChildOp) -> None:
-    if isinstance(op, plan.SetPropagation):
-        if op.shared:
-            libc.mount(None, "/", None, libc.MS.REC | libc.MS.SHARED)
-            libc.mount(None, "/", None, libc.MS.REC | libc.MS.SLAVE)
-        else:
-            libc.mount(None, "/", None, libc.MS.REC | libc.MS.PRIVATE)
-    elif isinstance(op, plan.MountProc):
-        libc.mount("proc", "/proc", "proc", libc.MS.NOSUID | libc.MS.NODEV | libc.MS.NOEXEC)
-    elif isinstance(op, plan.TmpfsMount):
+def _set_propagation(op: plan.SetPropagation) -> None:
+    if op.shared:
+        libc.mount(None, "/", None, libc.MS.REC | libc.MS.SHARED)
+        libc.mount(None, "/", None, libc.MS.REC | libc.MS.SLAVE)
+    else:
+        libc.mount(None, "/", None, libc.MS.REC | libc.MS.PRIVATE)
+
+
+def _mount_proc(op: plan.MountProc) -> None:
+    libc.mount("proc", "/proc", "proc", libc.MS.NOSUID | libc.MS.NODEV | libc.MS.NOEXEC)
+
+
+def _tmpfs_mount(op: plan.TmpfsMount) -> None:
+    if op.replace:
+        # namespace/tmpfs's /dev/shm: the node's tmpfs goes first (only in this namespace:
+        # / is private here). Not following a symlink, like every target nsctl mounts on.
+        try:
+            libc.umount2(op.target, libc.UMOUNT_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: nothing is mounted there
+                raise
+    bits = sum(libc.MOUNT_FLAG_BITS[f] for f in op.flags)
+    fd = open_dir_nofollow(op.target)
+    try:
+        libc.mount("tmpfs", _fd_path(fd), "tmpfs", bits, ",".join(op.data) or None)
+    finally:
+        os.close(fd)
+
+
+def _bind_mount(op: plan.BindMount) -> None:
+    # Mount through O_PATH fds so a path swapped for a symlink after the check changes nothing.
+    source, target = open_dir_nofollow(op.source), open_dir_nofollow(op.target)
+    try:
+        libc.mount(_fd_path(source), _fd_path(target), None, libc.MS.BIND)
+        backing = os.fstat(source)
+    finally:
+        os.close(source)
+        os.close(target)
+    if op.flags:
         bits = sum(libc.MOUNT_FLAG_BITS[f] for f in op.flags)
-        fd = open_dir_nofollow(op.target)
+        mounted = open_dir_nofollow(op.target)
         try:
-            libc.mount("tmpfs", _fd_path(fd), "tmpfs", bits, ",".join(op.data) or None)
+            # The path is looked up again: the remount must hit the mount just made (whose
+            # root is the backing dir), not a directory a user renamed into its place.
+            st = os.fstat(mounted)
+            if (st.st_dev, st.st_ino) != (backing.st_dev, backing.st_ino):
+                raise OSError(errno.EBUSY, "target changed under the mount", op.target)
+            libc.mount(None, _fd_path(mounted), None, libc.MS.BIND | libc.MS.REMOUNT | bits)
         finally:
-            os.close(fd)
-    elif isinstance(op, plan.BindMount):
-        # Mount through O_PATH fds so a path swapped for a symlink after the check changes nothing.
-        source, target = open_dir_nofollow(op.source), open_dir_nofollow(op.target)
-        try:
-            libc.mount(_fd_path(source), _fd_path(target), None, libc.MS.BIND)
-            backing = os.fstat(source)
-        finally:
-            os.close(source)
-            os.close(target)
-        if op.flags:
-            bits = sum(libc.MOUNT_FLAG_BITS[f] for f in op.flags)
-            mounted = open_dir_nofollow(op.target)
-            try:
-                # The path is looked up again: the remount must hit the mount just made (whose
-                # root is the backing dir), not a directory a user renamed into its place.
-                st = os.fstat(mounted)
-                if (st.st_dev, st.st_ino) != (backing.st_dev, backing.st_ino):
-                    raise OSError(errno.EBUSY, "target changed under the mount", op.target)
-                libc.mount(None, _fd_path(mounted), None, libc.MS.BIND | libc.MS.REMOUNT | bits)
-            finally:
-                os.close(mounted)
+            os.close(mounted)
+
+
+def _hide_job_dir(op: plan.HideJobDir) -> None:
+    # B/J's self-bind, copied into the new namespace; the bind mounts made from it stay.
+    libc.umount2(op.path, libc.MNT_DETACH | libc.UMOUNT_NOFOLLOW)
+
+
+# The ops the namespace's first process runs, after the parent released it.
+_CHILD_STEPS: dict[type, Callable] = {
+    plan.SetPropagation: _set_propagation,
+    plan.MountProc: _mount_proc,
+    plan.TmpfsMount: _tmpfs_mount,
+    plan.BindMount: _bind_mount,
+    plan.HideJobDir: _hide_job_dir,
+}
+
+
+def _child_op(op: plan.ChildOp) -> None:
+    _CHILD_STEPS[type(op)](op)
 
 
 def _send(fd: int, message: str) -> None:

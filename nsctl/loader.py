@@ -1,12 +1,15 @@
 """Load this node's resolved configuration fast, refusing a config that does not validate.
 
+The file is a namespace.yaml or a job_container.conf (by its name: ``*.conf``), checked and
+resolved by validate.py and config.py or by jcconf.py into the same ``NodeConfig``.
+
 Prologs and Epilogs call this for every job. The resolved ``NodeConfig`` is cached under the
-runtime directory, one entry per file, node name, %h value and nsctl build (its version and its
-config and validation rules' files); the entry holds the file's exact text and is used only while
-the file still reads the same (a key of stat fields could miss a same-size rewrite within one
-clock tick). Only a cache miss (the file changed, nsctl was upgraded, or the node rebooted and
-/run was emptied) parses the YAML and runs the full validator; every later job reads one small
-JSON file.
+runtime directory, one entry per file, format, Slurm version asked for, node name, %h value and
+nsctl build (its version and its config and validation rules' files); the entry holds the
+file's exact text and is used only while the file still reads the same (a key of stat fields
+could miss a same-size rewrite within one clock tick). Only a cache miss (the file changed,
+nsctl was upgraded, or the node rebooted and /run was emptied) parses the file and runs the
+full validator; every later job reads one small JSON file.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _rules() -> str:
     a new version number) must not be served a config the old rules accepted."""
     here = os.path.dirname(config.__file__)
     marks = []
-    for name in ("config.py", "validate.py"):
+    for name in ("config.py", "validate.py", "jcconf.py", "issues.py"):
         try:
             st = os.stat(os.path.join(here, name))
             marks.append(f"{st.st_size}.{st.st_mtime_ns}")
@@ -38,10 +41,12 @@ def _rules() -> str:
     return f"{__version__}:{':'.join(marks)}"
 
 
-def _cache_name(path: str, node: str, hostname: str) -> str:
-    # One entry per (nsctl build, file, node, %h); the entry holds the file's exact text, so
-    # a cheap checksum of the key is enough for the name (no hashlib on the Prolog path).
-    key = f"{_rules()}\0{os.path.realpath(path)}\0{node}\0{hostname}".encode()
+def _cache_name(path: str, node: str, hostname: str, fmt: str, version: str) -> str:
+    # One entry per (nsctl build, file, format, Slurm version, node, %h); the entry holds the
+    # file's exact text, so a cheap checksum of the key is enough for the name (no hashlib on
+    # the Prolog path).
+    key = f"{_rules()}\0{os.path.realpath(path)}\0{fmt}\0{version}\0{node}\0{hostname}"
+    key = key.encode()
     return f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json"
 
 
@@ -99,9 +104,16 @@ def load_node_config(
     hostname: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
     use_cache: bool = True,
+    fmt: Optional[str] = None,
+    slurm_version: Optional[str] = None,
 ) -> config.NodeConfig:
-    """The validated, resolved configuration of ``node``; ConfigError if the file is unusable."""
+    """The validated, resolved configuration of ``node``; ConfigError if the file is unusable.
+
+    ``fmt`` is config.YAML or config.TMPFS (default: by the file name); ``slurm_version`` (a
+    job_container.conf only) also refuses what that Slurm release reads differently.
+    """
     env = os.environ if env is None else env
+    fmt = config.config_format(path, fmt)
     try:
         with open(path, "rb") as handle:
             content = handle.read()
@@ -116,20 +128,32 @@ def load_node_config(
         # nodes: read it only for a config that uses %h (it never matters otherwise).
         hostname = config.node_hostname(node, env) if "%h" in text else node
     cache = _cache_dir(env) if use_cache else None
-    name = _cache_name(path, node, hostname)
+    name = _cache_name(path, node, hostname, fmt, slurm_version or "")
     try:
         if cache is not None:
             cached = _read_cache(cache, name, text)
             if cached is not None:
                 return cached
-        from . import validate  # cold path only: the YAML parser and every rule
-
         # Validate exactly the text that was compared and will be cached: no window between.
-        checked = validate.check_text(text, path)
+        if fmt == config.TMPFS:
+            from . import jcconf  # cold path only: no YAML parser for a job_container.conf
+
+            try:
+                version = jcconf.parse_version(slurm_version) if slurm_version else None
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            checked = jcconf.check_text(text, path, version, (node,))
+        else:
+            from . import validate  # cold path only: the YAML parser and every rule
+
+            checked = validate.check_text(text, path)
         if not checked.valid:
             lines = "\n".join(str(issue) for issue in checked.errors)
             raise ConfigError(f"{path} is not valid:\n{lines}", checked.errors)
-        resolved = config.resolve(checked.data, node, hostname)
+        if fmt == config.TMPFS:
+            resolved = jcconf.resolve(checked.data, node, hostname)
+        else:
+            resolved = config.resolve(checked.data, node, hostname)
         if cache is not None:
             _write_cache(cache, name, text, resolved)
         return resolved

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import NamedTuple, Optional, Union
 
-from .config import INIT_SCRIPT_WAIT, USER_NS_SCRIPT_WAIT, NodeConfig, expand_job_path
+from .config import DEV_SHM, INIT_SCRIPT_WAIT, USER_NS_SCRIPT_WAIT, NodeConfig, expand_job_path
 from .errors import InputError
 from .jobs import Job
 from .layout import MARKER, NS_JOIN_ORDER, IndexEntry, JobPaths
@@ -116,15 +116,27 @@ class BindMount(NamedTuple):
 
 class TmpfsMount(NamedTuple):
     target: str
-    flags: tuple[str, ...]  # always includes nosuid,nodev
+    flags: tuple[str, ...]  # nosuid,nodev always, but for namespace/tmpfs's /dev/shm
     data: tuple[str, ...] = ()
+    replace: bool = False  # unmount what is mounted on target first (EINVAL: nothing is)
 
     def describe(self) -> str:
-        options = ",".join(self.flags + self.data)
-        return f"mount a fresh tmpfs on {self.target} ({options})"
+        options = ",".join(self.flags + self.data) or "no flags, as namespace/tmpfs"
+        mount = f"mount a fresh tmpfs on {self.target} ({options})"
+        return f"unmount {self.target}, then {mount}" if self.replace else mount
 
 
-ChildOp = Union[SetPropagation, MountProc, BindMount, TmpfsMount]
+class HideJobDir(NamedTuple):
+    """namespace/tmpfs: the job's mount of B/J is lazily unmounted inside the job, so a job
+    does not see the base path's mounts (the bind mounts made from it stay)."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"unmount {self.path} (lazily) inside the job, as namespace/tmpfs does"
+
+
+ChildOp = Union[SetPropagation, MountProc, BindMount, TmpfsMount, HideJobDir]
 
 
 class CreateNamespaces(NamedTuple):
@@ -265,14 +277,22 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
     child: list[ChildOp] = [SetPropagation(config.shared)]
     if config.pid_ns:
         child.append(MountProc())
+    last: list[ChildOp] = []
     for dir_conf, target in zip(config.dir_confs, targets):
-        if dir_conf.tmpfs:
+        if dir_conf.tmpfs and config.tmpfs_plugin and target == DEV_SHM:
+            # namespace/tmpfs: the node's /dev/shm unmounted (unless shared) and a tmpfs with
+            # no flags at all mounted there, after the job directory is hidden.
+            last.append(TmpfsMount(target, (), dir_conf.data, replace=not config.shared))
+        elif dir_conf.tmpfs:
             flags = tuple(dict.fromkeys(dir_conf.flags + ("nosuid", "nodev")))
             child.append(TmpfsMount(target, flags, dir_conf.data))
         else:
             backing = paths.backing(target, dir_conf.base_path)
             ops.append(MakeDir(backing, 0o700, job.uid, ROOT))
             child.append(BindMount(backing, target, dir_conf.flags))
+    if config.tmpfs_plugin:
+        child.append(HideJobDir(paths.job_dir))
+    child += last
 
     if config.init_script:
         ops.append(
@@ -474,8 +494,11 @@ def plan_teardown(
             if d.base_path and d.base_path != config.base_path:
                 roots.setdefault(paths.dir_job_root(d.base_path), "")
         if config.clone_ns_epilog:
-            # The job's own .ns directory, even if base_path changed since it was set up.
+            # The job's own .ns directory, even if base_path changed since it was set up;
+            # namespace/tmpfs gives its scripts the namespace file itself (its .ns is a file).
             ns_dir = next(iter(job_dirs)) + "/.ns" if job_dirs else paths.ns_dir
+            if config.tmpfs_plugin:
+                ns_dir = os.path.join(ns_dir, "mnt")
             epilog = RunScript(
                 "clone_ns_epilog",
                 config.clone_ns_epilog,

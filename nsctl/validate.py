@@ -16,7 +16,6 @@ import difflib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple, Optional
 
@@ -24,6 +23,7 @@ import hostlist
 import yaml
 
 from . import config as cfg
+from .issues import Checked, Issue, NodeReport
 
 Path = tuple  # a key path: ("node_confs", 1, "options", "base_path")
 
@@ -36,57 +36,6 @@ _DATA_VALUE = {
     # deny and force exist only for the shmem_enabled sysfs knob: a tmpfs mount refuses them.
     "huge": re.compile(r"^(never|always|within_size|advise)$"),
 }
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One problem found in the file. ``severity`` is "error" or "warning"."""
-
-    file: str
-    line: int
-    column: int
-    path: str
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}:" if self.line else f"{self.file}:"
-        label = "warning: " if self.severity == "warning" else ""
-        key = f" {self.path}:" if self.path else ""
-        return f"{where}{key} {label}{self.message}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "column": self.column,
-            "path": self.path,
-            "severity": self.severity,
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class Checked:
-    """A document and what validation found. ``data`` is the typed document (every value
-    converted the way Slurm converts it, as ``config.resolve`` takes it), None when the YAML
-    itself failed; only the values that could be read are in it."""
-
-    file: str
-    data: Any
-    issues: tuple[Issue, ...]
-
-    @property
-    def errors(self) -> tuple[Issue, ...]:
-        return tuple(i for i in self.issues if i.severity == "error")
-
-    @property
-    def warnings(self) -> tuple[Issue, ...]:
-        return tuple(i for i in self.issues if i.severity == "warning")
-
-    @property
-    def valid(self) -> bool:
-        return not self.errors
 
 
 def format_path(path: Iterable) -> str:
@@ -347,16 +296,7 @@ def slurm_uint32(text: str) -> Optional[int]:
     return _NO_VAL if value < 0 or value > 0xFFFFFFFF else value
 
 
-def slurm_wait(value: int) -> str:
-    """What Slurm's script runner does with a stored wait: it multiplies the seconds into
-    milliseconds in 32 bits and reads them as a signed int, where 0 or less means no limit."""
-    if value == 0:
-        return f"wait the default {cfg.DEFAULT_WAIT} s"
-    ms = (value * 1000) & 0xFFFFFFFF
-    ms -= 2**32 if ms >= 2**31 else 0
-    if ms <= 0:
-        return "wait without any time limit"
-    return f"wait {ms // 1000} s" if ms % 1000 == 0 else f"wait {ms / 1000:.3f} s"
+slurm_wait = cfg.slurm_wait  # Slurm's script runner, shared with job_container.conf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1002,22 +942,6 @@ def check_file(path: str, display: Optional[str] = None) -> Checked:
 
 # ---------------------------------------------------------------------------------------------
 # Per-node report
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    groups: tuple[dict[str, Any], ...]  # nodes (hostlist), entry, enabled, base_path / reason
-    shadowed: tuple[dict[str, Any], ...]  # node_confs entries that can never apply
-    multiple: tuple[dict[str, Any], ...]  # nodes matched by several entries
-    unused: tuple[str, ...]  # entries matching none of the reported nodes
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "nodes": list(self.groups),
-            "shadowed": list(self.shadowed),
-            "multiple_matches": list(self.multiple),
-            "unused_entries": list(self.unused),
-        }
 
 
 def entry_names(data: Any) -> list[set[str]]:

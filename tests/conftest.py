@@ -112,6 +112,7 @@ class Lab:
         self.base = str(tmp_path / "base")
         self.run = str(tmp_path / "run")
         self.config = str(tmp_path / "namespace.yaml")
+        self.monkeypatch = monkeypatch
         os.chmod(tmp_path, 0o755)
         monkeypatch.setenv("NSCTL_RUN_DIR", self.run)
         monkeypatch.setenv("NSCTL_CONFIG", self.config)
@@ -128,6 +129,12 @@ class Lab:
     def write_config(self, text: str) -> None:
         with open(self.config, "w", encoding="utf-8") as handle:
             handle.write(text.replace("@BASE@", self.base).replace("@LAB@", str(self.dir)))
+
+    def write_job_container_conf(self, text: str) -> None:
+        """Use a job_container.conf (namespace/tmpfs) instead of the lab's namespace.yaml."""
+        self.config = str(self.dir / "job_container.conf")
+        self.monkeypatch.setenv("NSCTL_CONFIG", self.config)
+        self.write_config(text)
 
     def job_files(self) -> list[str]:
         """Everything left under the base path (the base itself excluded)."""

@@ -675,3 +675,230 @@ def test_unwritable_cache_only_costs_speed(tmp_path):
     (tmp_path / "run").write_text("a file where the run directory should be")
     env = {"NSCTL_RUN_DIR": str(tmp_path / "run")}
     assert loader.load_node_config(path, "n1", "n1", env).base_path == "/v"
+
+
+# ---------------------------------------------------------------------------------------------
+# job_container.conf (namespace/tmpfs): the same commands, by file name or --format-in
+
+JOB_CONTAINER = """\
+AutoBasePath=true
+BasePath=/var/ns
+NodeName=n[1-4] BasePath=/scratch Shared=yes
+NodeName=n[3-4] BasePath=/fast/%n Dirs=/tmp
+"""
+
+
+def test_validate_a_job_container_conf_reports_the_lines_each_node_gets(tmp_path):
+    path = write(tmp_path / "job_container.conf", JOB_CONTAINER)
+    result = run("validate", path, "--nodes", "n[1-6]")
+    assert result.exit_code == 0, result.stdout
+    assert result.stdout == (
+        f"{path}: valid\n"
+        "\n"
+        "Nodes (from --nodes):\n"
+        "  n[1-2]  lines 2, 3      base_path /scratch\n"
+        "  n3      lines 2, 3, 4   base_path /fast/n3\n"
+        "  n4      lines 2, 3, 4   base_path /fast/n4\n"
+        "  n[5-6]  line 2          base_path /var/ns\n"
+    )
+
+
+def test_validate_a_job_container_conf_with_errors(tmp_path):
+    path = write(
+        tmp_path / "job_container.conf",
+        "BasePath=/var/ns\nNodeName=n[1-4] BasePth=/scratch\nShared=maybe\n",
+    )
+    result = run("validate", path)
+    assert result.exit_code == 1
+    assert result.stdout == (
+        f"{path}:2: NodeName=n[1-4]: unknown key 'BasePth' (did you mean 'BasePath'?)\n"
+        f"{path}:2: NodeName=n[1-4]: no BasePath on this NodeName= line: slurmd exits on its "
+        'nodes ("empty basepath detected")\n'
+        f"{path}:3: Shared=maybe: expected a boolean (yes or no), got 'maybe'; Slurm refuses it "
+        'too ("maybe" is not a valid option)\n'
+        f"{path}: invalid (3 error(s))\n"
+    )
+    data = json.loads(run("validate", path, "--format", "json").stdout)
+    assert data["errors"][0] == {
+        "file": path,
+        "line": 2,
+        "column": 0,
+        "path": "NodeName=n[1-4]",
+        "severity": "error",
+        "message": "unknown key 'BasePth' (did you mean 'BasePath'?)",
+    }
+
+
+def test_validate_reports_lines_without_effect(tmp_path):
+    path = write(tmp_path / "job_container.conf", "NodeName=n1 BasePath=/a\nBasePath=/b\n")
+    result = run("validate", path, "--nodes", "n[1-2]")
+    assert result.stdout.endswith(
+        "  n1  lines 1, 2      base_path /b\n"
+        "  n2  line 2          base_path /b\n"
+        "warning: line 1 has no effect: later lines set every key it sets, on all of its "
+        "nodes (n1)\n"
+    )
+
+
+def test_format_in_overrides_the_file_name(tmp_path):
+    odd = write(tmp_path / "tmpfs.txt", "BasePath=/var/ns\n")
+    assert run("validate", odd).exit_code == 1  # read as YAML: a plain string is no mapping
+    assert run("validate", odd, "--format-in", "tmpfs").exit_code == 0
+    yaml_conf = write(tmp_path / "ns.conf", "defaults: {base_path: /v}\n")
+    assert run("validate", yaml_conf, "--format-in", "yaml").exit_code == 0
+    result = run("show-config", "--config", odd, "--format-in", "tmpfs", "--node", "n1")
+    assert yaml.safe_load(result.stdout)["base_path"] == "/var/ns"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["validate", "/x/namespace.yaml", "--slurm-version", "22.05"], "job_container.conf only"),
+        (["validate", "/x/j.conf", "--slurm-version", "22"], "not a Slurm version: '22'"),
+        (["show-config", "--slurm-version", "19.05"], "has no job_container/tmpfs"),
+        (["convert", "/x/namespace.yaml"], "is not a job_container.conf by its name"),
+        (["convert", "/x/j.conf", "--format-in", "yaml"], "'yaml' is not 'tmpfs'"),
+    ],
+)
+def test_job_container_usage_errors_exit_2(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_slurm_version_refuses_what_that_release_reads_otherwise(tmp_path):
+    path = write(tmp_path / "job_container.conf", "BasePath=/v/%n Dirs=/tmp\n")
+    assert run("validate", path).exit_code == 0
+    result = run("validate", path, "--slurm-version", "22.05")
+    assert result.exit_code == 1
+    assert "Slurm 22.05 does not know Dirs (read from 23.02)" in result.stdout
+    shown = run("show-config", "--config", path, "--node", "n1", "--slurm-version", "22.05")
+    assert shown.exit_code == 1 and "does not expand %h and %n" in shown.stderr
+    assert run("show-config", "--config", path, "--node", "n1").exit_code == 0
+
+
+def test_job_container_conf_is_found_beside_slurm_conf_when_there_is_no_namespace_yaml(
+    tmp_path, monkeypatch
+):
+    def file_used(*args: str) -> str:
+        return json.loads(run("validate", "--format", "json", *args).stdout)["file"]
+
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    assert file_used() == str(tmp_path / "namespace.yaml")  # neither: the YAML one is missing
+    write(tmp_path / "job_container.conf", "BasePath=/jc\n")
+    assert file_used() == str(tmp_path / "job_container.conf")
+    shown = run("show-config", "--node", "n1", "--format", "json")
+    assert json.loads(shown.stdout)["base_path"] == "/jc"
+    write(tmp_path / "namespace.yaml", "defaults: {base_path: /yaml}\n")
+    assert file_used() == str(tmp_path / "namespace.yaml")  # namespace.yaml wins
+    monkeypatch.setenv("NSCTL_CONFIG", str(tmp_path / "job_container.conf"))
+    shown = run("show-config", "--node", "n1", "--format", "json")
+    assert json.loads(shown.stdout)["base_path"] == "/jc"
+
+
+def test_show_config_explains_a_job_container_conf_by_line(tmp_path):
+    path = write(tmp_path / "job_container.conf", JOB_CONTAINER)
+    result = run("show-config", "--config", path, "--node", "n3", "--explain")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == textwrap.dedent(
+        """\
+        node: n3
+        entry: lines 2, 3, 4
+        enabled: true
+        plugin: namespace/tmpfs
+        base_path: /fast/n3  # line 4: NodeName=n[3-4]
+        auto_base_path: true  # line 1: AutoBasePath=true
+        clone_ns_flags:  # namespace/tmpfs (a mount namespace only)
+        - CLONE_NEWNS
+        clone_ns_script: null  # built-in default
+        clone_ns_script_wait: 10  # built-in default
+        clone_ns_epilog: null  # built-in default
+        clone_ns_epilog_wait: 10  # built-in default
+        init_script: null  # built-in default
+        user_ns_script: null  # built-in default
+        shared: true  # line 3: NodeName=n[1-4]
+        disable_bpf_token: false  # built-in default
+        dir_confs:  # line 4: NodeName=n[3-4]
+        - path: /tmp
+          tmpfs: false
+          options: ''
+          base_path: null
+        entire_step_in_ns: false  # built-in default
+        """
+    )
+    other = json.loads(
+        run("show-config", "--config", path, "--node", "x1", "--format", "json").stdout
+    )
+    assert (other["entry"], other["base_path"], other["shared"]) == ("line 2", "/var/ns", False)
+
+
+def test_convert_prints_namespace_yaml_that_validates(tmp_path):
+    path = write(tmp_path / "job_container.conf", JOB_CONTAINER)
+    result = run("convert", path)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("# namespace.yaml converted by nsctl ")
+    out = write(tmp_path / "namespace.yaml", result.stdout)
+    assert run("validate", out).stdout == f"{out}: valid\n"
+    for node in ("n1", "n3", "n9"):
+        shown = [
+            json.loads(run("show-config", "--config", p, "--node", node, "--format", "json").stdout)
+            for p in (path, out)
+        ]
+        for data in shown:
+            for key in ("entry", "plugin", "entire_step_in_ns"):
+                data.pop(key, None)
+        assert shown[0] == shown[1], node
+
+
+def test_convert_refuses_an_invalid_file_and_what_has_no_equivalent(tmp_path):
+    bad = write(tmp_path / "job_container.conf", "BasePath=/v Shared=maybe\n")
+    result = run("convert", bad)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"{bad}:1: BasePath=/v: Shared: expected a boolean (yes or no), got 'maybe'; Slurm "
+        'refuses it too ("maybe" is not a valid option)\n'
+        f"nsctl: error: {bad} is not valid (1 error(s)): nothing converted\n"
+    )
+    epilog = write(tmp_path / "epilog.conf", "BasePath=/v CloneNSEpilog=/sbin/e\n")
+    result = run("convert", epilog)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("nsctl: error: cannot convert CloneNSEpilog (line 1: ")
+
+
+PROBE_TMPFS = """
+import json, sys
+from nsctl import loader
+resolved = loader.load_node_config(sys.argv[1], "n3", "n3")
+print(json.dumps([resolved.base_path, "nsctl.jcconf" in sys.modules, "yaml" in sys.modules]))
+"""
+
+
+def test_a_job_container_conf_never_loads_a_yaml_parser_and_is_cached(tmp_path):
+    path = write(tmp_path / "job_container.conf", JOB_CONTAINER)
+    env = {**os.environ, "NSCTL_RUN_DIR": str(tmp_path / "run")}
+
+    def probe_tmpfs() -> list:
+        proc = subprocess.run(
+            [sys.executable, "-c", PROBE_TMPFS, path],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        return json.loads(proc.stdout)
+
+    assert probe_tmpfs() == ["/fast/n3", True, False]  # cold: checked, no YAML
+    assert probe_tmpfs() == ["/fast/n3", False, False]  # warm: the cache only
+    Path(path).write_text(JOB_CONTAINER.replace("/fast/%n", "/faster/%n"))
+    assert probe_tmpfs() == ["/faster/n3", True, False]
+
+
+def test_the_cache_keeps_formats_and_slurm_versions_apart(tmp_path):
+    path = write(tmp_path / "j.conf", "BasePath=/v/%n\n")
+    env = {"NSCTL_RUN_DIR": str(tmp_path / "run")}
+    assert loader.load_node_config(path, "n1", "n1", env).base_path == "/v/n1"
+    with pytest.raises(ConfigError, match="does not expand"):
+        loader.load_node_config(path, "n1", "n1", env, slurm_version="22.05")
+    with pytest.raises(ConfigError):
+        loader.load_node_config(path, "n1", "n1", env, fmt="yaml")
+    assert loader.load_node_config(path, "n1", "n1", env).base_path == "/v/n1"

@@ -673,7 +673,7 @@ def test_every_option_but_dirs_is_a_resolved_field_in_table_order():
     """A new key is one row of OPTIONS plus its NodeConfig field; show-config prints them in
     table order, after node, entry and enabled."""
     fields = [f for f in NodeConfig._fields if f not in ("node", "entry", "enabled")]
-    fields = [f for f in fields if f not in ("disabled_reason", "origins")]
+    fields = [f for f in fields if f not in ("disabled_reason", "origins", *config.TMPFS_FIELDS)]
     assert fields == list(config.RESOLVED_KEYS)
     assert tuple(k for k in config.OPTION_KEYS if k != "dirs") == config.RESOLVED_KEYS
     assert list(config.to_dict(resolve("defaults: {base_path: /x}")))[3:] == fields

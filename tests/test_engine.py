@@ -11,9 +11,12 @@ import pathlib
 import stat
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 from sandbox import holder_pid, mount_points, proc_state
+
+from nsctl import config as cfg
 
 DEFAULT = """
 defaults:
@@ -439,4 +442,113 @@ def test_a_dir_base_path_equal_to_base_path_backs_it_inside_the_job_dir(lab):
         assert (backing / "f").read_text() == "x\n"
     finally:
         teardown("1501")
+    assert lab.job_files() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# From a job_container.conf: namespace/tmpfs's behaviour where it is not namespace/linux's
+
+
+JOB_CONTAINER_CONF = "AutoBasePath=true\nBasePath=@BASE@\n"
+
+
+def _mounts_at(job_id: Optional[str], target: str) -> list[list[str]]:
+    """The mountinfo lines of ``target``, bottom first: in the job, or here (job_id None)."""
+    if job_id is None:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            out = handle.read()
+    else:
+        out = in_job(job_id, "cat /proc/self/mountinfo", as_user=False).stdout
+    return [line.split() for line in out.splitlines() if line.split()[4] == target]
+
+
+def test_job_container_conf_replaces_dev_shm_with_a_tmpfs_without_flags(lab, job_user):
+    lab.write_job_container_conf(JOB_CONTAINER_CONF)
+    host = _mounts_at(None, "/dev/shm")
+    setup("601")
+    try:
+        job = _mounts_at("601", "/dev/shm")
+        top = job[-1]
+        assert top[top.index("-") + 1] == "tmpfs"
+        assert not {"nosuid", "nodev"} & set(top[5].split(","))  # no flags at all
+        assert top[2] not in {line[2] for line in host}  # a new tmpfs, not the node's
+        # The node's top /dev/shm mount was unmounted first (in the job's namespace only).
+        assert [line[2] for line in job[:-1]] == [line[2] for line in host[:-1]]
+        assert _mounts_at(None, "/dev/shm") == host
+        # /tmp as with namespace.yaml; a mount namespace only; the job directory hidden.
+        out = in_job("601", "stat -c '%a %U' /tmp; readlink /proc/self/ns/pid")
+        assert out.stdout.splitlines() == ["700 nobody", os.readlink("/proc/self/ns/pid")]
+        job_dir = os.path.join(lab.base, "601")
+        assert not _mounts_at("601", job_dir)
+        assert _mounts_at(None, job_dir)  # still the host's, for teardown and join
+        entry = pathlib.Path(lab.run, "jobs", "601").read_text()
+        assert "namespaces=mnt\n" in entry and "holder_pid=0\n" in entry
+    finally:
+        teardown("601")
+    assert lab.job_files() == [] and lab.index_entries() == []
+
+
+def test_job_container_conf_shared_stacks_dev_shm_over_the_nodes(lab):
+    lab.write_job_container_conf(JOB_CONTAINER_CONF + "Shared=yes\n")
+    host = _mounts_at(None, "/dev/shm")
+    setup("602")
+    try:
+        job = _mounts_at("602", "/dev/shm")
+        assert [line[2] for line in job[:-1]] == [line[2] for line in host]
+        assert not {"nosuid", "nodev"} & set(job[-1][5].split(","))
+    finally:
+        teardown("602")
+    assert lab.job_files() == []
+
+
+def test_job_container_conf_dirs_and_last_match_wins_for_real(lab):
+    scratch = lab.dir / "scratch"
+    scratch.mkdir()
+    lab.write_job_container_conf(
+        "BasePath=@LAB@/elsewhere\n"
+        "NodeName=node[1-2] BasePath=@BASE@ AutoBasePath=yes\n"
+        f"NodeName=node1 BasePath=@BASE@ Dirs=/dev/shm,{scratch}\n"
+        "NodeName=node2 BasePath=@LAB@/not-this-node\n"
+    )
+    setup("603")
+    try:
+        in_job("603", f"touch {scratch}/mine")
+        backing = os.path.join(lab.base, "603", ".603", cfg.backing_name(str(scratch)))
+        assert os.listdir(backing) == ["mine"]
+        assert not os.listdir(scratch)  # the node's directory never saw it
+        # /tmp is not private with this Dirs: the job sees the node's /tmp as it is.
+        host_tmp = [(line[2], line[3]) for line in _mounts_at(None, "/tmp")]
+        assert [(line[2], line[3]) for line in _mounts_at("603", "/tmp")] == host_tmp
+        assert in_job("603", "test -O /tmp", check=False).returncode == 1  # not nobody's
+    finally:
+        teardown("603")
+    assert lab.job_files() == [] and not (lab.dir / "elsewhere").exists()
+
+
+def test_job_container_conf_scripts_get_the_namespace_file_as_slurm_ns(lab):
+    seen = lab.dir / "seen"
+    script = lab.dir / "script.sh"
+    script.write_text(f'#!/bin/sh\necho "$0 $SLURM_NS" >> {seen}\n')
+    script.chmod(0o755)
+    lab.write_job_container_conf(
+        f"BasePath=@BASE@ AutoBasePath=yes CloneNSScript={script} CloneNSEpilog={script}\n"
+    )
+    setup("604")
+    teardown("604")
+    ns_file = os.path.join(lab.base, "604", ".ns", "mnt")
+    # namespace/tmpfs gives both scripts the namespace file (namespace/linux: the epilog gets
+    # the .ns directory).
+    assert seen.read_text().splitlines() == [f"{script} {ns_file}", f"{script} {ns_file}"]
+    assert lab.job_files() == []
+
+
+def test_job_container_conf_dry_run_and_teardown_of_a_half_setup(lab):
+    lab.write_job_container_conf(JOB_CONTAINER_CONF)
+    out = nsctl("setup", "--job-id", "605", "--user", "nobody", "--dry-run").stdout
+    assert "unmount /dev/shm, then mount a fresh tmpfs on /dev/shm (no flags" in out
+    assert f"unmount {lab.base}/605 (lazily) inside the job" in out
+    assert lab.job_files() == []
+    # A job directory left by a setup that died half way is torn down from the config alone.
+    os.makedirs(os.path.join(lab.base, "605", ".605", "_tmp"))
+    teardown("605")
     assert lab.job_files() == []

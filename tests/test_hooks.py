@@ -176,3 +176,20 @@ def test_the_epilog_survives_an_internal_error_reading_the_config(lab, monkeypat
     assert "reading the config failed; tearing down from the runtime index only" in logged
     assert "RuntimeError: a bug" in logged
     assert lab.index_entries() == [] and lab.job_files() == []
+
+
+def test_prolog_and_epilog_from_a_job_container_conf_never_load_a_yaml_parser(lab):
+    """A site running nsctl from its job_container.conf: not even the cold Prolog parses YAML."""
+    lab.write_job_container_conf("AutoBasePath=yes\nBasePath=@BASE@\n")
+    env = {**slurm_env(lab, "65"), "PATH": os.environ["PATH"]}
+    code = (
+        "import sys\n"
+        "from nsctl.hooks import run_setup, run_teardown\n"
+        "assert run_setup() == 0\n"
+        "assert run_teardown() == 0\n"
+        "print(sorted(m for m in ('click', 'yaml', 'jsonschema', 'nsctl.validate') "
+        "if m in sys.modules))\n"
+    )
+    cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (cold.returncode, cold.stdout) == (0, "[]\n"), cold.stderr
+    assert lab.index_entries() == [] and lab.job_files() == []

@@ -361,15 +361,21 @@ def _killed_midway(argv: list[str], delay: float) -> float:
 
 @pytest.mark.parametrize("command", ["setup", "teardown"])
 def test_gc_collects_whatever_a_kill_9_left_every_time(lab, command):
-    lab.write_config(PID_NS)
+    # A script in setup and a big tree in teardown make each a step long enough that random
+    # kills land before, inside and after the parts that matter.
+    slow = os.path.join(str(lab.dir), "slow")
+    with open(slow, "w", encoding="utf-8") as handle:
+        handle.write("#!/bin/sh\n/bin/sleep 0.2\n")
+    os.chmod(slow, 0o755)
+    lab.write_config(PID_NS + (f"  init_script: {slow}\n" if command == "setup" else ""))
     rng = random.Random(f"gc-{command}")
     outcomes = set()
     whole = None  # how long the command takes when it is not killed: the kills land within
     for round_ in range(21):
         job_id = str(940 + round_)
         if command == "teardown":
-            setup(job_id)  # with files enough that the deletion is a step a kill can land in
-            in_job(job_id, "cd /tmp; i=0; while [ $i -lt 3000 ]; do : > f$i; i=$((i+1)); done")
+            setup(job_id)
+            in_job(job_id, "cd /tmp; i=0; while [ $i -lt 20000 ]; do : > f$i; i=$((i+1)); done")
         argv = [sys.executable, "-m", "nsctl", command, "--job-id", job_id]
         argv += ["--user", "nobody"] if command == "setup" else ["--wait"]
         if whole is None:

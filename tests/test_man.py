@@ -24,7 +24,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from nsctl import __version__, config, engine, errors, holder, layout, plan, scripts
+from nsctl import __version__, config, engine, errors, holder, jcconf, layout, plan, scripts
 from nsctl import validate as checker
 from nsctl.cli import main
 from nsctl.jobs import Job
@@ -32,7 +32,8 @@ from nsctl.jobs import Job
 ROOT = Path(__file__).resolve().parent.parent
 NSCTL_8 = ROOT / "man" / "nsctl.8"
 NAMESPACE_5 = ROOT / "man" / "namespace.yaml.5"
-PAGES = (NSCTL_8, NAMESPACE_5)
+JOB_CONTAINER_5 = ROOT / "man" / "job_container.conf.5"
+PAGES = (NSCTL_8, NAMESPACE_5, JOB_CONTAINER_5)
 EXAMPLE = ROOT / "examples" / "namespace.yaml"
 
 
@@ -139,6 +140,11 @@ def nsctl8() -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def namespace5() -> dict[str, list[str]]:
     return page(NAMESPACE_5)
+
+
+@pytest.fixture(scope="module")
+def jobcontainer5() -> dict[str, list[str]]:
+    return page(JOB_CONTAINER_5)
 
 
 def commands() -> dict[str, click.Command]:
@@ -405,7 +411,7 @@ def test_every_lock_file_is_documented(nsctl8):
         assert f"locks/{name}" in text(nsctl8["SAFETY"]) + text(nsctl8["FILES"])
 
 
-@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", (NSCTL_8, NAMESPACE_5), ids=lambda p: p.name)
 def test_sample_validate_message_is_what_validate_prints(path):
     """Both pages quote one message; produce it for real at the line and column they show."""
     document = (
@@ -577,3 +583,133 @@ def test_every_row_of_the_value_table_is_what_validate_does(namespace5):
             reading = text[len("no (") : -1]
             message = _message(f"defaults:\n  init_script: {value}\n")
             assert any(words in message for words in refusals[reading]), (written, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# job_container.conf(5): the namespace/tmpfs format
+
+
+def test_every_job_container_key_is_documented_with_its_release_and_default(jobcontainer5):
+    keys = items(jobcontainer5["KEYS"])
+    assert set(keys) == {key.name for key in jcconf.KEYS}
+    for key in jcconf.KEYS:
+        body = keys[key.name]
+        assert f"since {jcconf.show(key.since)}" in body, key.name
+        if key.default is not None and key.kind != config.DIRS:
+            shown = {True: "yes", False: "no"}.get(key.default, str(key.default))
+            assert f"default {shown}" in body, key.name
+        if key.kind == config.DIRS:
+            assert f"default {config.DEFAULT_DIRS}" in body
+        where = {
+            jcconf.GLOBAL: "any line or global",
+            jcconf.IGNORED: "NodeName= and BasePath= lines only",
+            jcconf.LINE: "NodeName= and BasePath= lines only",
+            jcconf.STARTS: "the first key of a",
+        }[key.alone]
+        assert where in body, key.name
+
+
+def test_the_release_table_has_every_release_the_code_knows(jobcontainer5):
+    lines = jobcontainer5["SLURM RELEASES"]
+    block = lines[lines.index(".TS") + 1 : lines.index(".TE")]
+    releases = {line.split("|")[0] for line in block if "|" in line} - {"release"}
+    known = {jcconf.show(key.since) for key in jcconf.KEYS}
+    known |= {jcconf.show(v) for v in (jcconf.FIRST, jcconf.EXPANDS, jcconf.TURNS_OFF)}
+    assert known <= releases, known - releases
+    assert jcconf.show(jcconf.NEWEST) in text(jobcontainer5["DESCRIPTION"])
+
+
+# One file per kind of problem: every message nsctl gives for a job_container.conf.
+JOB_CONTAINER_PROBLEMS = [
+    "NodeName=n1 BasePth=/a BasePath=/b\n",
+    "InitScript=/i\nBasePath=/b\n",
+    "CloneNSScript=/c\nBasePath=/b\n",
+    "BasePath=/b NodeName=n1\n",
+    "AutoBasePath=yes Shared=no\nBasePath=/b\n",
+    "foo\nBasePath=/b\n",
+    "BasePath=/b junk\n",
+    "Dirs=\nBasePath=/b\n",
+    "include x.conf\nBasePath=/b\n",
+    "BasePath+=/b\n",
+    "BasePath=/b Shared=yes Shared=no\n",
+    "Shared=yes\nShared=no\nBasePath=/b\n",
+    "NodeName=n1 Shared=yes\nBasePath=/b\n",
+    "BasePath=/b Shared=maybe\n",
+    "BasePath=/b CloneNSScript_Wait=0\n",
+    "BasePath=/b CloneNSScript_Wait=010\n",
+    "BasePath=/b CloneNSScript_Wait=5s\n",
+    "BasePath=/b CloneNSScript_Wait=9999999\n",
+    "BasePath=rel\n",
+    "BasePath=nonesuch\n",
+    'BasePath=""\n',
+    "BasePath=/b/%u\n",
+    "BasePath=/b/%\n",
+    'BasePath="/b\x01"\n',
+    "BasePath=/b Dirs=/a\\\\b\n",
+    "BasePath=/b Dirs=/tmp,,/x\n",
+    'BasePath=/b Dirs="/tmp, /x"\n',
+    "BasePath=/b Dirs=/tmp,/tmp\n",
+    "BasePath=/b Dirs=/a/b,/a_b\n",
+    "BasePath=/b Dirs=/dev/SHM\n",
+    "BasePath=/tm\n",
+    "BasePath=/b/ Dirs=/b\n",
+    "BasePath=/tmp/x\n",
+    "NodeName=n[1- BasePath=/b\n",
+    'NodeName="n1 n2" BasePath=/b\n',
+    'NodeName="" BasePath=/b\n',
+    "BasePath=/b InitScript=rel\n",
+]
+JOB_CONTAINER_RELEASE_PROBLEMS = [
+    "BasePath=/b Dirs=/tmp\n",
+    "BasePath=/b/%n\n",
+    "BasePath=none\n",
+    "NodeName=n1 BasePath=/b\n",
+]
+
+
+def test_every_job_container_diagnostic_is_documented(jobcontainer5):
+    tags = list(items(jobcontainer5["DIAGNOSTICS"]))
+    used = set()
+    messages = []
+    for problem in JOB_CONTAINER_PROBLEMS:
+        messages += [i.message for i in jcconf.check_text(problem, "j.conf").errors]
+        assert jcconf.check_text(problem, "j.conf").errors, problem
+    for problem in JOB_CONTAINER_RELEASE_PROBLEMS:
+        checked = jcconf.check_text(problem, "j.conf", (22, 5), ["n2"])
+        assert checked.errors, problem
+        messages += [i.message for i in checked.errors]
+    for message in messages:
+        found = [tag for tag in tags if tag in message]
+        assert found, f"no DIAGNOSTICS item for: {message}"
+        used.update(found)
+    assert set(tags) == used, set(tags) - used
+
+
+def test_job_container_sample_message_is_what_validate_prints():
+    text = "AutoBasePath=yes\nBasePath=/b\nNodeName=n[1-4] BasePth=/x BasePath=/y\n"
+    (issue,) = jcconf.check_text(text, "job_container.conf").issues
+    for path in (JOB_CONTAINER_5, NSCTL_8):
+        quoted = [
+            line_text(line)
+            for line in path.read_text().splitlines()
+            if line_text(line).startswith("job_container.conf:3:")
+        ]
+        assert quoted == [str(issue)], path.name
+
+
+def test_job_container_example_is_valid_and_converts(jobcontainer5):
+    sample, commands = list(examples(jobcontainer5["EXAMPLE"]))
+    checked = jcconf.check_text(sample, "job_container.conf")
+    assert checked.issues == ()
+    nodes = {n: jcconf.resolve(checked.data, n) for n in ("n2", "n7", "login1")}
+    assert nodes["n2"].base_path == "/fast/n2" and nodes["n2"].shared
+    assert nodes["n7"].base_path == "/var/ns" and not nodes["login1"].enabled
+    assert [d.path for d in nodes["n7"].dir_confs] == ["/tmp", "/var/tmp", "/dev/shm"]
+    from nsctl.convert import convert
+
+    assert checker.check_text(convert(checked.data, "x"), "namespace.yaml").issues == ()
+    assert {line.split()[1] for line in commands.splitlines()} <= set(commands_of_cli())
+
+
+def commands_of_cli() -> set[str]:
+    return set(main.commands)

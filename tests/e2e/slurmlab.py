@@ -404,24 +404,32 @@ class Lab:
         return "\n".join(lines) + "\n"
 
     def configure(
-        self, mode: str, namespace_yaml: Optional[str] = None, on_error: str = "fail"
+        self,
+        mode: str,
+        namespace_yaml: Optional[str] = None,
+        on_error: str = "fail",
+        job_container_conf: Optional[str] = None,
     ) -> None:
-        """Put the cluster in a mode; restarts the daemons only when something changed."""
+        """Put the cluster in a mode; restarts the daemons only when something changed.
+
+        ``job_container_conf`` is the text of job_container.conf for job_container/tmpfs and
+        namespace/tmpfs (default: AutoBasePath=true and BasePath=jc_base).
+        """
         if mode not in MODES:
             raise ValueError(mode)
         if mode == "linux" and self.version != "26.05":
             raise LabError(f"namespace/linux is not in Slurm {self.version}")
         namespace_yaml = namespace_yaml or self.default_namespace_yaml(mode)
-        settings = (mode, namespace_yaml, on_error)
+        if job_container_conf is None:
+            job_container_conf = f"AutoBasePath=true\nBasePath={self.jc_base}\n"
+        settings = (mode, namespace_yaml, on_error, job_container_conf)
         if settings == self.settings and self.daemons_alive():
             return
         self.stop_daemons()
         self.conf.write_text(self.slurm_conf(mode))
         # Beside slurm.conf: nsctl finds it through SLURM_CONF, Slurm's namespace/linux there too.
         (self.etc / "namespace.yaml").write_text(namespace_yaml)
-        (self.etc / "job_container.conf").write_text(
-            f"AutoBasePath=true\nBasePath={self.jc_base}\n"
-        )
+        (self.etc / "job_container.conf").write_text(job_container_conf)
         # 24.11 and later load a cgroup plugin even with proctrack/linuxproc and task/none, and
         # the autodetected cgroup/v2 dies on this host's hybrid layout ("Hybrid mode is not
         # supported", as /proc/self/cgroup lists v1 hierarchies whatever is mounted).
