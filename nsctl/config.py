@@ -13,12 +13,15 @@ validation runs its per-entry layout checks on.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple, Optional
 
-import hostlist
+from .deps import dependency
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Optional
 
 DEFAULT_CONFIG = "/etc/slurm/namespace.yaml"
 NAMESPACE_YAML = "namespace.yaml"
@@ -68,7 +71,7 @@ MERGE_RULE = {
 }
 
 
-class Option(NamedTuple):
+class Option(Record):
     """One key of namespace.yaml. ``default`` is the built-in value when no entry sets it."""
 
     name: str
@@ -124,10 +127,9 @@ TMPFS_DATA_KEYS = ("size", "mode", "nr_inodes", "uid", "gid", "huge")
 
 # The escapes nsctl expands in dir_confs[].path at setup time.
 JOB_ESCAPES = {"j": "job id", "S": "SLUID", "u": "user name", "%": "a literal %"}
-_ESCAPE_RE = re.compile(r"%(.?)", re.DOTALL)  # "?" so a lone trailing % is an error too
 
 
-class DirConf(NamedTuple):
+class DirConf(Record):
     """One private directory, with every default made explicit."""
 
     path: str  # target inside the job; may hold %j %S %u %% (expanded per job)
@@ -141,7 +143,7 @@ class DirConf(NamedTuple):
         return ",".join(self.flags + self.data)
 
 
-class NodeConfig(NamedTuple):
+class NodeConfig(Record):
     """What one node resolves to. ``enabled`` is False when nsctl does nothing there."""
 
     node: str
@@ -273,19 +275,28 @@ def expand_node_escapes(value: str, node: str, hostname: str) -> str:
 
 def expand_job_path(template: str, job_id: str, user: str, sluid: Optional[str] = None) -> str:
     """Expand %j, %S, %u and %% in a dir_confs path for one job."""
+    if "%" not in template:
+        return template
     values = {"j": job_id, "u": user, "%": "%", "S": sluid}
-
-    def substitute(match: re.Match) -> str:
-        letter = match.group(1)
-        if not letter:
+    parts = template.split("%")
+    out = [parts[0]]
+    index = 1
+    while index < len(parts):
+        part = parts[index]
+        if part == "" and index + 1 < len(parts):  # "%%": a literal %
+            out.append("%" + parts[index + 1])
+            index += 2
+            continue
+        if part == "":
             raise ValueError(f"a lone % at the end of {template!r}")
+        letter = part[0]
         if letter not in values:
             raise ValueError(f"unknown escape %{letter} in {template!r}")
         if values[letter] is None:
             raise ValueError(f"{template!r} uses %S but the job has no SLUID")
-        return values[letter]
-
-    return _ESCAPE_RE.sub(substitute, template)
+        out.append(values[letter] + part[1:])
+        index += 1
+    return "".join(out)
 
 
 def is_under(path: str, root: str) -> bool:
@@ -296,6 +307,8 @@ def is_under(path: str, root: str) -> bool:
 
 def slurm_node_hostnames(slurm_conf: Optional[str]) -> dict[str, str]:
     """NodeName -> NodeHostname from slurm.conf (only names that set NodeHostname)."""
+    hostlist = dependency("hostlist")  # only to match nodes: not on the Prolog's cached path
+
     result: dict[str, str] = {}
     for names, attrs in slurm_conf_nodes(slurm_conf):
         hosts = attrs.get("nodehostname")
@@ -312,6 +325,8 @@ def slurm_node_hostnames(slurm_conf: Optional[str]) -> dict[str, str]:
 
 def slurm_conf_nodes(slurm_conf: Optional[str]) -> list[tuple[list[str], dict[str, str]]]:
     """The NodeName lines of slurm.conf: (expanded names, lower-cased attributes)."""
+    hostlist = dependency("hostlist")  # only to match nodes: not on the Prolog's cached path
+
     if not slurm_conf:
         return []
     try:
@@ -349,6 +364,8 @@ def node_hostname(node: str, env: Optional[Mapping[str, str]] = None) -> str:
 
 def hostlist_names(nodes: Any) -> set[str]:
     """Every node name a ``nodes`` value (hostlist string or list of them) covers."""
+    hostlist = dependency("hostlist")  # only to match nodes: not on the Prolog's cached path
+
     items = nodes if isinstance(nodes, list) else [nodes]
     names: set[str] = set()
     for item in items:
@@ -364,7 +381,7 @@ def matching_entry(doc: Mapping[str, Any], node: str) -> Optional[int]:
     return None
 
 
-class Setting(NamedTuple):
+class Setting(Record):
     """A merged option value and the key path it was written at (``()``: the built-in default)."""
 
     value: Any
@@ -392,7 +409,7 @@ def slurm_text(value: Any) -> str:
 
 
 def _overlay(merged: dict[str, Setting], options: Any, prefix: tuple) -> None:
-    if not isinstance(options, Mapping):
+    if not isinstance(options, dict):
         return
     for option in OPTIONS:
         if option.name not in options:
@@ -416,7 +433,7 @@ def merge(doc: Optional[Mapping[str, Any]], index: Optional[int]) -> dict[str, S
     return merged
 
 
-class DirSpec(NamedTuple):
+class DirSpec(Record):
     """One private directory as merged, before normalisation and %h/%n expansion."""
 
     path: str  # as written
@@ -432,7 +449,7 @@ def dir_specs(merged: Mapping[str, Setting]) -> tuple[list[DirSpec], Setting]:
         source = merged["dir_confs"]
         specs = []
         for index, raw in enumerate(source.value or []):
-            if not isinstance(raw, Mapping) or not isinstance(raw.get("path"), str):
+            if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
                 continue  # only in a document that did not validate
             path = raw["path"]
             tmpfs = raw.get("tmpfs") is True or normalise_dir(path) == DEV_SHM

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-import hostlist
-
 from . import __version__, jcconf
 from . import config as cfg
+from .deps import dependency
 from .errors import NsctlError
+
+hostlist = dependency("hostlist")
 
 # namespace.yaml keys in the order they are written; dirs is written as dirs or dir_confs.
 ORDER = (

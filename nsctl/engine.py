@@ -11,18 +11,14 @@ Epilogs of different jobs never wait for each other.
 
 from __future__ import annotations
 
-import contextlib
+import _signal as signal  # the C module: signal.py makes enums, an import each Prolog pays
 import errno
 import fcntl
-import logging
 import os
 import select
-import signal
 import stat
 import sys
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 from . import fsafe, holder, libc, plan, procfs
 from .errors import InputError, SetupError, TeardownError
@@ -36,10 +32,15 @@ from .layout import (
     run_dir,
     trash_name,
 )
+from .record import Record
 from .scripts import run_script
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable, Optional
+
     from . import rmtree
+    from .log import Log
 
 CHILD_TIMEOUT = 60.0  # seconds for the namespace child to report (its mounts can hit autofs)
 HOLDER_EXIT_WAIT = 5.0  # seconds to wait for a killed holder to disappear
@@ -48,7 +49,8 @@ BIND_ATTEMPTS = 8  # see _create_namespaces: EINVAL binding an mnt-ns file is re
 MAX_ID_BURN = 1 << 16  # see _pass_own_mount_ns: a CPU's id batch holds a few thousand ids
 _NS_GET_ID = (2 << 30) | (8 << 16) | (0xB7 << 8) | 0x0D  # _IOR(NSIO, 0xd, __u64), linux/nsfs.h
 
-TeardownPlanFor = Callable[[Optional[IndexEntry]], "plan.TeardownPlan"]
+if TYPE_CHECKING:
+    TeardownPlanFor = Callable[[Optional[IndexEntry]], "plan.TeardownPlan"]
 
 
 class _RetryBind(Exception):
@@ -63,37 +65,47 @@ class _Interrupted(BaseException):
 # Small helpers
 
 
-@contextlib.contextmanager
-def _lock(offset: int, name: str = "nsctl.lock", teardown: bool = False) -> Iterator[None]:
-    """An exclusive POSIX byte-range lock; never inherited by children (the holder).
+class _Lock:
+    """An exclusive POSIX byte-range lock at ``offset`` of a lock file; never inherited by
+    children (the holder). A context manager.
 
     Closing ANY descriptor of a file drops all of the process's POSIX locks on it, so a lock
     taken while another is held must be on a different file.
     """
-    try:
-        locks = open_run_subdir("locks", create=True)
+
+    def __init__(self, offset: int, name: str = "nsctl.lock", teardown: bool = False):
+        self.offset, self.name, self.teardown = offset, name, teardown
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        name = self.name
         try:
-            fd = os.open(
-                name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=locks
-            )
-        finally:
-            os.close(locks)
-    except OSError as exc:
-        # A full or read-only /run, or a runtime directory someone else can write to: an nsctl
-        # error, so that --on-error still decides (a raw OSError would end in a traceback).
-        path = os.path.join(run_dir(), "locks", name)
-        where = f" ({exc.filename})" if str(exc.filename).startswith("/") else ""
-        if teardown:
-            raise TeardownError(f"lock {path}: {exc.strerror}{where}") from None
-        raise SetupError(f"lock {path}", f"{exc.strerror}{where}") from None
-    try:
+            locks = open_run_subdir("locks", create=True)
+            try:
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                self.fd = os.open(name, flags, 0o600, dir_fd=locks)
+            finally:
+                os.close(locks)
+        except OSError as exc:
+            # A full or read-only /run, or a runtime directory someone else can write to: an
+            # nsctl error, so that --on-error still decides (a raw OSError would end in a
+            # traceback).
+            path = os.path.join(run_dir(), "locks", name)
+            where = f" ({exc.filename})" if str(exc.filename).startswith("/") else ""
+            if self.teardown:
+                raise TeardownError(f"lock {path}: {exc.strerror}{where}") from None
+            raise SetupError(f"lock {path}", f"{exc.strerror}{where}") from None
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
-        except _Interrupted as exc:  # SIGTERM while a concurrent run of this job holds the lock
+            fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, self.offset)
+        except _Interrupted as exc:  # SIGTERM while a concurrent run of this job holds it
+            os.close(self.fd)
             raise SetupError(f"wait for lock {name}", f"interrupted by {exc}") from None
-        yield
-    finally:
-        os.close(fd)
+
+    def __exit__(self, *exc_info) -> None:
+        os.close(self.fd)
+
+
+_lock = _Lock
 
 
 def job_lock(job_id: str, teardown: bool = False):
@@ -124,7 +136,7 @@ def _fd_path(fd: int, *names: str) -> str:
 class _SetupState:
     """What one setup run carries from step to step."""
 
-    def __init__(self, log: logging.Logger, program_fd: Optional[int]):
+    def __init__(self, log: Log, program_fd: Optional[int]):
         self.log = log
         self.program_fd = program_fd
         self.step = "setup"
@@ -209,8 +221,10 @@ def _write_index(op: plan.WriteIndex, state: _SetupState) -> None:
             os.replace(tmp, name, src_dir_fd=jobs, dst_dir_fd=jobs)
         except BaseException:
             # A full /run must not leave a half-written entry behind.
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(tmp, dir_fd=jobs)
+            except OSError:
+                pass
             raise
     finally:
         os.close(jobs)
@@ -230,8 +244,10 @@ def _remove_temp_index_files(job_id: str) -> None:
     try:
         for name in os.listdir(jobs):
             if name.startswith(f"{job_id}.tmp."):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(name, dir_fd=jobs)
+                except FileNotFoundError:
+                    pass
     finally:
         os.close(jobs)
 
@@ -371,20 +387,22 @@ def _pass_own_mount_ns() -> None:
             os.close(uts)
 
 
-@contextlib.contextmanager
-def _on_one_cpu() -> Iterator[None]:
+class _OnOneCpu:
     """Stay on the CPU we run on (always in the affinity mask) for the block's duration."""
-    try:
-        affinity = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {libc.sched_getcpu()})
-    except OSError:
-        affinity = None  # not allowed to pin (some containers): the bind retry still helps
-    try:
-        yield
-    finally:
-        if affinity is not None:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, affinity)
+
+    def __enter__(self) -> None:
+        try:
+            self.affinity = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {libc.sched_getcpu()})
+        except OSError:
+            self.affinity = None  # not allowed to pin (some containers): the bind retry helps
+
+    def __exit__(self, *exc_info) -> None:
+        if self.affinity is not None:
+            try:
+                os.sched_setaffinity(0, self.affinity)
+            except OSError:
+                pass
 
 
 def _child_main(
@@ -400,9 +418,11 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
-        with _on_one_cpu():
-            with contextlib.suppress(OSError):  # best effort: the bind retry is the fallback
+        with _OnOneCpu():
+            try:  # best effort: the bind retry is the fallback
                 _pass_own_mount_ns()
+            except OSError:
+                pass
             libc.unshare(flags)
     except OSError as exc:
         _send(status_fd, f"err unshare({','.join(op.kinds)}): {exc.strerror}")
@@ -457,10 +477,14 @@ class _Reader:
 def _kill_and_reap(pid: int) -> None:
     if pid <= 1:
         return
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
+    except ProcessLookupError:
+        pass
+    try:
         os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _error_of(line: str) -> str:
@@ -523,8 +547,10 @@ def _create_once(op: plan.CreateNamespaces, program_fd: Optional[int], log) -> t
         return worker, procfs.start_time(worker) or "0"
     except BaseException:
         for path in reversed(bound):
-            with contextlib.suppress(OSError):
+            try:
                 _umount_ns_file(path)
+            except OSError:
+                pass
         for pid in unreaped:
             _kill_and_reap(pid)
         raise
@@ -603,7 +629,7 @@ def open_holder_program(path: str) -> int:
 # Setup
 
 
-class SetupResult(NamedTuple):
+class SetupResult(Record):
     status: str  # "created" or "already set up"
     holder_pid: int
 
@@ -632,14 +658,17 @@ def _difference(entry: IndexEntry, wanted: IndexEntry) -> Optional[str]:
     return None
 
 
+_SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
+
+
 def _on_signal(signum, _frame):
-    raise _Interrupted(signal.Signals(signum).name)
+    raise _Interrupted(_SIGNAL_NAMES.get(signum, f"signal {signum}"))
 
 
 def setup(
     the_plan: plan.Plan,
     teardown_plan_for: TeardownPlanFor,
-    log: logging.Logger,
+    log: Log,
     holder_path: Optional[str] = None,
 ) -> SetupResult:
     """Run a setup plan. On failure everything is undone and SetupError names the step.
@@ -736,7 +765,7 @@ def _rollback(teardown_plan: plan.TeardownPlan, log) -> None:
 # Teardown
 
 
-class _JobDir(NamedTuple):
+class _JobDir(Record):
     """A directory teardown may act on: opened from a trusted parent, checked to be nsctl's."""
 
     path: str
@@ -756,7 +785,8 @@ class _TeardownState:
         self.pid_ns: set[str] = set()  # job dirs whose PID namespace holder was killed
         self.leftovers: list[str] = []
         self.moved: list[str] = []  # trees moved aside, to delete
-        self.usage: dict[str, tuple[int, int]] = {}  # private dir -> (bytes, files)
+        self.tmpfs: list[tuple[int, tuple[str, ...]]] = []  # (mnt ns fd, tmpfs dirs) to measure
+        self.afterwards: Optional[Callable[[], object]] = None  # run by the deleter, at the end
 
     def left(self, path: str, message: str) -> None:
         """``path`` stays behind; ``message`` (which names it) says why."""
@@ -768,6 +798,9 @@ class _TeardownState:
             if job_dir:
                 os.close(job_dir.fd)
                 os.close(job_dir.parent)
+        for fd, _ in self.tmpfs:
+            os.close(fd)
+        self.tmpfs = []
 
 
 def _open_owned(path: str, expected_id: str, what: str, state: _TeardownState) -> Optional[_JobDir]:
@@ -894,10 +927,14 @@ def _td_kill_processes(op: plan.KillJobProcesses, state: _TeardownState) -> None
             if pid not in killed:
                 state.log.info("killing pid %d, still in the job's mount namespace", pid)
                 killed.add(pid)
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
+            except ProcessLookupError:
+                pass
+            try:
                 os.waitpid(pid, os.WNOHANG)  # ours when setup rolls back
+            except ChildProcessError:
+                pass
         time.sleep(0.005)
 
 
@@ -922,19 +959,32 @@ def _td_unmount_ns(op: plan.UnmountNsFiles, state: _TeardownState) -> None:
 
 
 def _td_measure_tmpfs(op: plan.MeasureTmpfs, state: _TeardownState) -> None:
+    """Keep the job's mount namespace (its tmpfs dirs) open for the deleter to measure: the
+    namespace lives on while a descriptor of it is open, after .ns/mnt is unmounted."""
     job_dir = state.dirs.get(op.job_dir)
     if job_dir is None:
         return
-    state.usage.update(tmpfs_usage(_fd_path(job_dir.fd, ".ns", "mnt"), op.targets))
+    try:
+        fd = os.open(_fd_path(job_dir.fd, ".ns", "mnt"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    state.tmpfs.append((fd, op.targets))
 
 
 def tmpfs_usage(mnt_ns: str, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    """(bytes, files) in use on each tmpfs target, read by a child inside the mount namespace
-    (a tmpfs has no backing directory: only its superblock knows)."""
+    """(bytes, files) in use on each tmpfs target in a mount namespace, read by a child inside
+    it (a tmpfs has no backing directory: only its superblock knows)."""
     try:
         ns = os.open(mnt_ns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return {}
+    try:
+        return _tmpfs_usage_of(ns, targets)
+    finally:
+        os.close(ns)
+
+
+def _tmpfs_usage_of(ns: int, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     read, write = os.pipe()
     try:
         child = os.fork()
@@ -943,11 +993,13 @@ def tmpfs_usage(mnt_ns: str, targets: tuple[str, ...]) -> dict[str, tuple[int, i
                 os.close(read)
                 libc.setns(ns, libc.CLONE.NEWNS)
                 for target in targets:
-                    with contextlib.suppress(OSError):
+                    try:
                         st = os.statvfs(target)
                         used = (st.f_blocks - st.f_bfree) * st.f_frsize
                         files = st.f_files - st.f_ffree - 1  # not its root directory
                         os.write(write, f"{used} {files} {target}\n".encode())
+                    except OSError:
+                        pass
             finally:
                 os._exit(0)
         os.close(write)
@@ -960,7 +1012,6 @@ def tmpfs_usage(mnt_ns: str, targets: tuple[str, ...]) -> dict[str, tuple[int, i
             data += chunk
         os.waitpid(child, 0)
     finally:
-        os.close(ns)
         os.close(read)
         if write >= 0:
             os.close(write)
@@ -1008,24 +1059,35 @@ def _move_aside(job_dir: _JobDir, state: _TeardownState) -> None:
 
 
 def _td_delete_moved(op: plan.DeleteMovedAside, state: _TeardownState) -> None:
-    if not state.moved:
-        return
-    moved, usage, log = list(state.moved), dict(state.usage), state.log
+    moved, tmpfs, log, afterwards = list(state.moved), state.tmpfs, state.log, state.afterwards
     if op.wait:
-        state.leftovers += delete_moved(moved, op.dirs, usage, log, op.job_id)
+        state.leftovers += delete_moved(moved, op.dirs, tmpfs, log, op.job_id)
+        state.tmpfs = []
+        if afterwards is not None:
+            afterwards()
         return
-    pid = run_detached(lambda: delete_moved(moved, op.dirs, usage, None, op.job_id))
-    log.info("deleting the job's files in the background (pid %d)", pid)
+    if not moved and afterwards is None:
+        return
+
+    def work() -> None:
+        delete_moved(moved, op.dirs, tmpfs, None, op.job_id)
+        if afterwards is not None:
+            afterwards()
+
+    pid = run_detached(work, keep=tuple(fd for fd, _ in tmpfs))
+    if moved:
+        log.info("deleting the job's files in the background (pid %d)", pid)
 
 
 def delete_moved(
     moved: list[str],
     dirs: tuple[str, ...],
-    usage: dict[str, tuple[int, int]],
-    log: Optional[logging.Logger],
+    tmpfs: list[tuple[int, tuple[str, ...]]],
+    log: Optional[Log],
     job_id: str,
 ) -> list[str]:
-    """Delete trees moved aside, log the usage line, return what could not be removed.
+    """Measure the tmpfs dirs (through their mount namespace's descriptor, which is closed
+    then), delete the trees moved aside, log the usage line; return what could not be removed.
 
     Each tree is locked (flock) while it is deleted, so that nsctl gc, which finishes deletions
     a reboot interrupted, leaves alone one that is being deleted. ``log`` None: this is the
@@ -1034,6 +1096,12 @@ def delete_moved(
     from .log import job_logger
 
     log = log or job_logger(job_id)
+    usage: dict[str, tuple[int, int]] = {}
+    for fd, targets in tmpfs:
+        try:
+            usage.update(_tmpfs_usage_of(fd, targets))
+        finally:
+            os.close(fd)
     state = _TeardownState(plan.TeardownPlan(job_id, ()), log, run_epilog=False)
     for path in moved:
         _delete_tree(path, dirs, usage, state)
@@ -1103,38 +1171,32 @@ def _report(result: rmtree.Result, state: _TeardownState) -> bool:
     return result.ok
 
 
-def run_detached(work: Callable[[], object]) -> int:
-    """Run ``work`` in a grandchild in its own session, at idle CPU and I/O priority, with no
-    descriptor of ours but a log file (never a pipe: Slurm would wait for it to close). The
-    caller does not wait for it; returns its pid."""
-    read, write = os.pipe()
+def run_detached(work: Callable[[], object], keep: tuple[int, ...] = ()) -> int:
+    """Run ``work`` in a child in its own session, at idle CPU and I/O priority, with no
+    descriptor of ours but ``keep`` and a log file (never a pipe: Slurm would wait for it to
+    close). The caller, about to exit, does not wait for it (its orphan is init's, or the
+    nearest subreaper's, to reap); returns its pid."""
     child = os.fork()
     if child:
-        os.close(write)
-        pid = int(os.read(read, 32) or b"0")
-        os.close(read)
-        os.waitpid(child, 0)
-        return pid
+        return child
     try:
-        os.close(read)
         os.setsid()
-        grandchild = os.fork()
-        if grandchild:
-            os.write(write, str(grandchild).encode())
-            os._exit(0)
-        os.close(write)
-        _detach_stdio()
-        with contextlib.suppress(OSError):
+        _detach_stdio(keep)
+        try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        with contextlib.suppress(OSError):
+        except OSError:
+            pass
+        try:
             os.setpriority(os.PRIO_PROCESS, 0, 19)
+        except OSError:
+            pass
         libc.set_idle_io_priority()
         work()
     finally:
         os._exit(0)
 
 
-def _detach_stdio() -> None:
+def _detach_stdio(keep: tuple[int, ...] = ()) -> None:
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     for fd in (1, 2):
@@ -1145,9 +1207,11 @@ def _detach_stdio() -> None:
         if not regular:
             os.dup2(null, fd)
     for name in os.listdir("/proc/self/fd"):
-        if int(name) > 2:
-            with contextlib.suppress(OSError):
+        if int(name) > 2 and int(name) not in keep:
+            try:
                 os.close(int(name))
+            except OSError:
+                pass
 
 
 def _td_remove_index(op: plan.RemoveIndex, state: _TeardownState) -> None:
@@ -1161,8 +1225,10 @@ def _td_remove_index(op: plan.RemoveIndex, state: _TeardownState) -> None:
     except FileNotFoundError:
         return
     try:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(job_id, dir_fd=jobs)
+        except FileNotFoundError:
+            pass
     finally:
         os.close(jobs)
     _remove_temp_index_files(job_id)
@@ -1182,14 +1248,28 @@ _TEARDOWN_STEPS: dict[type, Callable] = {
 }
 
 
-def teardown(teardown_plan: plan.TeardownPlan, log: logging.Logger) -> list[str]:
-    """Destroy a job's namespaces and files. Idempotent; returns what could not be removed."""
+def teardown(
+    teardown_plan: plan.TeardownPlan,
+    log: Log,
+    afterwards: Optional[Callable[[], object]] = None,
+) -> list[str]:
+    """Destroy a job's namespaces and files. Idempotent; returns what could not be removed.
+
+    ``afterwards`` runs once the job's files are deleted: in the detached deleter, unless the
+    plan waits for the deletion.
+    """
     with _lock(int(teardown_plan.job_id), teardown=True):
-        return teardown_locked(teardown_plan, log, run_epilog=True)
+        return teardown_locked(teardown_plan, log, run_epilog=True, afterwards=afterwards)
 
 
-def teardown_locked(tp: plan.TeardownPlan, log, run_epilog: bool) -> list[str]:
+def teardown_locked(
+    tp: plan.TeardownPlan,
+    log,
+    run_epilog: bool,
+    afterwards: Optional[Callable[[], object]] = None,
+) -> list[str]:
     state = _TeardownState(tp, log, run_epilog)
+    state.afterwards = afterwards
     try:
         for op in tp.ops:
             log.debug("teardown: %s", op.describe())
@@ -1202,12 +1282,16 @@ def teardown_locked(tp: plan.TeardownPlan, log, run_epilog: bool) -> list[str]:
 def _kill_and_wait(pid: int, timeout: float) -> bool:
     """SIGKILL a verified pid and wait for it to be gone (or a zombie). True when it is."""
     assert pid > 1, pid  # never kill(-1), never init
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(ChildProcessError):
+        try:
             os.waitpid(pid, os.WNOHANG)  # ours when setup rolls back (we are its subreaper)
+        except ChildProcessError:
+            pass
         if not procfs.alive(pid):
             return True
         if time.monotonic() > deadline:

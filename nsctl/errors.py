@@ -6,10 +6,10 @@ non-zero Prolog or Epilog drains the node, so every code here is deliberate.
 
 from __future__ import annotations
 
-import enum
 
+class Exit:
+    """Exit statuses (plain ints: enum costs every Prolog an import)."""
 
-class Exit(enum.IntEnum):
     OK = 0
     FAILURE = 1  # invalid config, failed setup/teardown, bad input
     USAGE = 2  # bad command line (click's own code for usage errors)

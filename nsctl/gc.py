@@ -20,22 +20,27 @@ that starts meanwhile is never undone.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
-from typing import Callable, NamedTuple, Optional
 
 from . import engine, inventory, plan, procfs
 from .config import NodeConfig
 from .layout import index_path
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Callable, Optional
+
+    from .log import Log
 
 SLURM_TIMEOUT = 10.0  # seconds squeue may take before Slurm counts as unreachable
 RUNNING_STATES = "CF,R,CG,S,ST"  # configuring, running, completing, suspended, stopped
 
 
-class Decision(NamedTuple):
+class Decision(Record):
     record: inventory.JobRecord
     collect: bool
     reason: str
@@ -117,7 +122,7 @@ def _backing_dirs(record: inventory.JobRecord) -> list[str]:
 
 def collect(
     config: Optional[NodeConfig],
-    log: logging.Logger,
+    log: Log,
     dry_run: bool = False,
     query_slurm: bool = True,
     echo: Callable[[str], None] = print,
@@ -166,5 +171,5 @@ def _collect_one(
     )
     leftovers = engine.teardown_locked(the_plan, log, run_epilog=True)
     dirs = record.entry.dirs if record.entry else tuple(d.path for d in record.dirs)
-    leftovers += engine.delete_moved(list(record.deleting), dirs, {}, log, record.job_id)
+    leftovers += engine.delete_moved(list(record.deleting), dirs, [], log, record.job_id)
     return leftovers

@@ -18,9 +18,12 @@ Everything here runs in the forked namespace child, after its mounts are made.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py makes enums, an import each Prolog pays
 import os
-import signal
-from typing import Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 def title(job_id: str) -> str:

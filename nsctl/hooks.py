@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Sequence
-from typing import Callable, Optional
 
 from . import config
 from .errors import Exit, NsctlError
 
-Echo = Callable[[str], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Callable, Optional
+
+if TYPE_CHECKING:
+    Echo = Callable[[str], None]
 
 
 def holder_problem(path: str) -> Optional[str]:
@@ -133,9 +137,10 @@ def run_teardown(
             return Exit.OK
         if os.geteuid() != 0:
             raise NsctlError("teardown needs root")
-        leftovers = engine.teardown(teardown_plan, log)
+        afterwards = None
         if not wait and resolved is not None:
-            _collect_leftovers_in_the_background(resolved, job_id, log)
+            afterwards = _leftovers_collector(resolved, job_id)
+        leftovers = engine.teardown(teardown_plan, log, afterwards)
         if leftovers:
             raise NsctlError(f"left behind: {', '.join(leftovers)}")
     except NsctlError as exc:
@@ -144,25 +149,20 @@ def run_teardown(
     return Exit.OK
 
 
-def _collect_leftovers_in_the_background(resolved, job_id: str, log) -> None:
-    """What crashes and reboots left in the base paths, collected by a detached nsctl gc, but
-    only when a cheap look finds some: the Epilog itself must return at once."""
-    from . import engine, inventory
-
-    if not inventory.leftovers_seen(resolved, exclude=job_id):
-        return
+def _leftovers_collector(resolved, job_id: str):
+    """What the detached deleter does last: look (cheaply) for leftovers of other jobs in the
+    base paths, and collect them with nsctl gc when there are some. Off the Epilog's path."""
 
     def collect() -> None:
-        from . import gc
+        from . import gc, inventory
         from .log import job_logger
 
-        log = job_logger(None)
-        gc.collect(resolved, log, echo=log.info)
+        if inventory.leftovers_seen(resolved, exclude=job_id):
+            log = job_logger(None)
+            log.info("leftovers of other jobs found: collecting them (nsctl gc)")
+            gc.collect(resolved, log, echo=log.info)
 
-    pid = engine.run_detached(collect)
-    log.info(
-        "leftovers of other jobs found: nsctl gc collects them in the background (pid %d)", pid
-    )
+    return collect
 
 
 # ---------------------------------------------------------------------------------------------

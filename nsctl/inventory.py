@@ -26,8 +26,6 @@ import os
 import pwd
 import stat
 import time
-from collections.abc import Iterable
-from typing import NamedTuple, Optional
 
 from . import fsafe, procfs
 from .config import NodeConfig
@@ -42,18 +40,24 @@ from .layout import (
     run_dir,
     valid_job_id,
 )
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Optional
 
 STATES = ("live", "holder dead", "half-built", "orphan", "deleting")
 
 
-class DirUsage(NamedTuple):
+class DirUsage(Record):
     path: str  # inside the job
     tmpfs: bool
     bytes: Optional[int] = None  # None: not measured (nsctl status without --usage)
     files: Optional[int] = None
 
 
-class JobRecord(NamedTuple):
+class JobRecord(Record):
     job_id: str
     state: str
     made_by: str  # "nsctl" or "slurm" (Slurm's own namespace/linux plugin)

@@ -7,7 +7,10 @@ job_container.conf reader (jcconf.py, which must not): nothing here imports a pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)

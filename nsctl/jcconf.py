@@ -37,13 +37,18 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Optional
-
-import hostlist
 
 from . import config as cfg
+from .deps import dependency
 from .issues import Checked, Issue, NodeReport
+from .record import Record
+
+hostlist = dependency("hostlist")
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any, Optional
 
 Version = tuple  # (major, minor) or (major, minor, patch): 22.05 is (22, 5)
 
@@ -61,7 +66,7 @@ LINE = "line"  # only on a NodeName= or BasePath= line
 NODE, BASE = "node", "base"  # the two kinds of line that apply to nodes
 
 
-class Key(NamedTuple):
+class Key(Record):
     name: str  # as Slurm's tables spell it (matched without regard to case)
     kind: str  # a config.py kind: how the value is read
     option: str  # the NodeConfig field (and namespace.yaml key) it becomes
@@ -98,7 +103,7 @@ _PAIR = re.compile(
 _SHM = cfg.DEV_SHM
 
 
-class Pair(NamedTuple):
+class Pair(Record):
     written: str  # the key as written
     key: Optional[Key]  # None when unknown
     operator: str  # "", or + - * / before the "="
@@ -106,7 +111,7 @@ class Pair(NamedTuple):
     end: int  # where the pair ends in its line
 
 
-class Line(NamedTuple):
+class Line(Record):
     """One line that applies to nodes (``kind`` NODE or BASE), or a global (kind GLOBAL)."""
 
     number: int  # its first physical line, from 1
@@ -120,7 +125,7 @@ class Line(NamedTuple):
         return f"line {self.number}: {self.label}"
 
 
-class Doc(NamedTuple):
+class Doc(Record):
     """A job_container.conf as Slurm reads it, every value read (``Checked.data``)."""
 
     lines: tuple[Line, ...]  # the NodeName= and BasePath= lines, in file order
@@ -641,7 +646,7 @@ def parse(text: str, file: str) -> tuple[Doc, list[Issue]]:
 # Resolution
 
 
-class Setting(NamedTuple):
+class Setting(Record):
     value: Any
     line: Optional[Line]  # None: the built-in default
 

@@ -6,20 +6,21 @@ agree with each other before anything is created on their behalf.
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
-import re
-from collections.abc import Mapping
-from typing import NamedTuple, Optional
 
 from .errors import InputError
 from .layout import check_job_id
+from .record import Record
 
-_SLUID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Optional
+
+_SLUID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
-class Job(NamedTuple):
+class Job(Record):
     job_id: str
     uid: int
     gid: int
@@ -42,12 +43,31 @@ def resolve_job(
     user: Optional[str],
     env: Optional[Mapping[str, str]] = None,
 ) -> Job:
-    """Options first, then SLURM_JOB_ID/UID/GID/USER; the result is checked against the user db."""
+    """Options first, then SLURM_JOB_ID/UID/GID/USER; the result is checked against the user db.
+
+    Only when all three of uid, gid and user come from Slurm's environment (slurmd sets them
+    for every Prolog, from its own user lookup) are they taken as they are: a lookup of our own
+    (NSS: /etc/passwd, or LDAP over the network) would cost every job's start time again.
+    """
     env = os.environ if env is None else env
     job_id = check_job_id(job_id or env.get("SLURM_JOB_ID"))
+    sluid = env.get("SLURM_JOB_SLUID") or None
+    if sluid is not None and not (len(sluid) <= 64 and set(sluid) <= _SLUID_CHARS):
+        raise InputError(f"bad SLURM_JOB_SLUID {sluid!r}")
+    if uid is None and gid is None and user is None:
+        from_slurm = [env.get(f"SLURM_JOB_{key}") for key in ("UID", "GID", "USER")]
+        if all(from_slurm):
+            uid_n, gid_n = _number(from_slurm[0], "uid"), _number(from_slurm[1], "gid")
+            name = from_slurm[2]
+            if "/" in name or name in (".", "..") or not name.isprintable():
+                raise InputError(f"bad SLURM_JOB_USER {name!r}")
+            return Job(job_id, uid_n, gid_n, name, sluid)
     user = user or env.get("SLURM_JOB_USER") or None
     uid_n = _number(uid if uid is not None else env.get("SLURM_JOB_UID"), "uid")
     gid_n = _number(gid if gid is not None else env.get("SLURM_JOB_GID"), "gid")
+    import grp
+    import pwd
+
     try:
         if user is not None:
             entry = pwd.getpwnam(user)
@@ -67,7 +87,4 @@ def resolve_job(
         raise InputError(f"no such group: {gid_n}") from None
     if gid_n != entry.pw_gid and gid_n not in os.getgrouplist(entry.pw_name, entry.pw_gid):
         raise InputError(f"user {entry.pw_name} is not a member of group {gid_n}")
-    sluid = env.get("SLURM_JOB_SLUID") or None
-    if sluid is not None and not _SLUID.match(sluid):
-        raise InputError(f"bad SLURM_JOB_SLUID {sluid!r}")
     return Job(job_id, entry.pw_uid, gid_n, entry.pw_name, sluid)

@@ -43,10 +43,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
-from typing import NamedTuple, Optional
 
 from .errors import InputError
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Optional
 
 NS_JOIN_ORDER = ("pid", "user", "mnt")
 MARKER = ".nsctl"
@@ -81,7 +85,7 @@ class BadIndex(InputError):
     """A root-owned index entry whose content is not what nsctl writes (it steers nothing)."""
 
 
-class JobPaths(NamedTuple):
+class JobPaths(Record):
     base: str
     job_id: str
 
@@ -138,7 +142,7 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(value.split(",")) if value else ()
 
 
-class IndexEntry(NamedTuple):
+class IndexEntry(Record):
     """A job's runtime index entry. ``parse`` accepts only what ``format`` writes."""
 
     job_id: str

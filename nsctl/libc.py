@@ -7,9 +7,7 @@ and retries EINTR. Flags are ``unsigned long`` as mount(2) declares them.
 from __future__ import annotations
 
 import ctypes
-import enum
 import os
-from typing import Optional
 
 try:  # the glibc soname; find_library would spawn ldconfig on every run
     _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -44,7 +42,9 @@ _libc.sched_getcpu.argtypes = ()
 _libc.sched_getcpu.restype = ctypes.c_int
 
 
-class MS(enum.IntFlag):
+class MS:
+    """mount(2) flags (plain ints: enum costs every Prolog an import)."""
+
     RDONLY = 0x1
     NOSUID = 0x2
     NODEV = 0x4
@@ -64,7 +64,9 @@ MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
 
 
-class CLONE(enum.IntFlag):
+class CLONE:
+    """clone(2)/unshare(2)/setns(2) namespace flags."""
+
     NEWNS = 0x00020000
     NEWUTS = 0x04000000
     NEWUSER = 0x10000000
@@ -88,17 +90,17 @@ MOUNT_FLAG_BITS = {
 }
 
 
-def _encode(value: Optional[str]) -> Optional[bytes]:
+def _encode(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
 
-def _check(result: int, path: Optional[str] = None) -> None:
+def _check(result: int, path: str | None = None) -> None:
     if result == -1:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
 
 
-def _call(func, *args, path: Optional[str] = None) -> int:
+def _call(func, *args, path: str | None = None) -> int:
     while True:
         result = func(*args)
         if result != -1 or ctypes.get_errno() != 4:  # EINTR
@@ -107,11 +109,11 @@ def _call(func, *args, path: Optional[str] = None) -> int:
 
 
 def mount(
-    source: Optional[str],
+    source: str | None,
     target: str,
-    fstype: Optional[str] = None,
+    fstype: str | None = None,
     flags: int = 0,
-    data: Optional[str] = None,
+    data: str | None = None,
 ) -> None:
     _call(
         _libc.mount,
@@ -132,7 +134,7 @@ def unshare(flags: int) -> None:
     _call(_libc.unshare, int(flags))
 
 
-def setns(fd: int, nstype: int, path: Optional[str] = None) -> None:
+def setns(fd: int, nstype: int, path: str | None = None) -> None:
     # Always pass the explicit type: 0 would skip the kernel's check that fd is that kind.
     _call(_libc.setns, fd, int(nstype), path=path)
 

@@ -8,13 +8,17 @@ works on a job whose setup never finished.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import NamedTuple, Optional, Union
 
 from .config import DEV_SHM, INIT_SCRIPT_WAIT, USER_NS_SCRIPT_WAIT, NodeConfig, expand_job_path
 from .errors import InputError
 from .jobs import Job
 from .layout import MARKER, NS_JOIN_ORDER, IndexEntry, JobPaths
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Optional, Union
 
 ROOT = 0
 KEEP = -1  # leave the group unchanged
@@ -23,7 +27,7 @@ KEEP = -1  # leave the group unchanged
 # --- host-side operations (run by nsctl itself, in the host's namespaces) --------------------
 
 
-class EnsureBase(NamedTuple):
+class EnsureBase(Record):
     """B (or a per-dir base) must exist as a real directory; created 0755 when ``create``."""
 
     path: str
@@ -34,7 +38,7 @@ class EnsureBase(NamedTuple):
         return f"base directory {self.path}: {how}"
 
 
-class MakeDir(NamedTuple):
+class MakeDir(Record):
     path: str
     mode: int
     uid: int = ROOT
@@ -45,14 +49,14 @@ class MakeDir(NamedTuple):
         return f"mkdir {self.path} (mode {self.mode:04o}, {owner})"
 
 
-class BindSelfPrivate(NamedTuple):
+class BindSelfPrivate(Record):
     path: str
 
     def describe(self) -> str:
         return f"bind-mount {self.path} onto itself and make it rprivate"
 
 
-class MakeNsFile(NamedTuple):
+class MakeNsFile(Record):
     kind: str
     path: str
 
@@ -60,7 +64,7 @@ class MakeNsFile(NamedTuple):
         return f"create namespace file {self.path} ({self.kind})"
 
 
-class MakeMarker(NamedTuple):
+class MakeMarker(Record):
     """The empty file that says nsctl made this job directory (nsctl gc acts on no other)."""
 
     path: str
@@ -69,7 +73,7 @@ class MakeMarker(NamedTuple):
         return f"create {self.path} (nsctl's mark)"
 
 
-class CheckTarget(NamedTuple):
+class CheckTarget(Record):
     """A mount target must already exist as a directory, never a symlink; nsctl never creates it."""
 
     path: str
@@ -78,7 +82,7 @@ class CheckTarget(NamedTuple):
         return f"check mount target {self.path} is an existing directory"
 
 
-class RunScript(NamedTuple):
+class RunScript(Record):
     name: str  # config key: init_script, user_ns_script, clone_ns_script, clone_ns_epilog
     path: str
     env: tuple[tuple[str, str], ...]
@@ -92,19 +96,19 @@ class RunScript(NamedTuple):
 # --- operations run inside the new namespaces, by the namespace's first process --------------
 
 
-class SetPropagation(NamedTuple):
+class SetPropagation(Record):
     shared: bool
 
     def describe(self) -> str:
         return "make / rshared then rslave" if self.shared else "make / rprivate"
 
 
-class MountProc(NamedTuple):
+class MountProc(Record):
     def describe(self) -> str:
         return "mount a fresh procfs on /proc (nosuid,nodev,noexec)"
 
 
-class BindMount(NamedTuple):
+class BindMount(Record):
     source: str
     target: str
     flags: tuple[str, ...] = ()
@@ -114,7 +118,7 @@ class BindMount(NamedTuple):
         return f"bind-mount {self.source} on {self.target}{remount}"
 
 
-class TmpfsMount(NamedTuple):
+class TmpfsMount(Record):
     target: str
     flags: tuple[str, ...]  # nosuid,nodev always, but for namespace/tmpfs's /dev/shm
     data: tuple[str, ...] = ()
@@ -126,7 +130,7 @@ class TmpfsMount(NamedTuple):
         return f"unmount {self.target}, then {mount}" if self.replace else mount
 
 
-class HideJobDir(NamedTuple):
+class HideJobDir(Record):
     """namespace/tmpfs: the job's mount of B/J is lazily unmounted inside the job, so a job
     does not see the base path's mounts (the bind mounts made from it stay)."""
 
@@ -136,10 +140,11 @@ class HideJobDir(NamedTuple):
         return f"unmount {self.path} (lazily) inside the job, as namespace/tmpfs does"
 
 
-ChildOp = Union[SetPropagation, MountProc, BindMount, TmpfsMount, HideJobDir]
+if TYPE_CHECKING:
+    ChildOp = Union[SetPropagation, MountProc, BindMount, TmpfsMount, HideJobDir]
 
 
-class CreateNamespaces(NamedTuple):
+class CreateNamespaces(Record):
     """Unshare, persist the namespaces on the .ns files, map the user ns, run the child ops."""
 
     job_id: str
@@ -166,7 +171,7 @@ class CreateNamespaces(NamedTuple):
         return "\n".join(lines)
 
 
-class WriteIndex(NamedTuple):
+class WriteIndex(Record):
     """The job's runtime index entry; the engine fills in the holder and the directory ids."""
 
     path: str
@@ -176,20 +181,21 @@ class WriteIndex(NamedTuple):
         return f"write runtime index {self.path}"
 
 
-Op = Union[
-    EnsureBase,
-    MakeDir,
-    BindSelfPrivate,
-    MakeNsFile,
-    MakeMarker,
-    CheckTarget,
-    RunScript,
-    CreateNamespaces,
-    WriteIndex,
-]
+if TYPE_CHECKING:
+    Op = Union[
+        EnsureBase,
+        MakeDir,
+        BindSelfPrivate,
+        MakeNsFile,
+        MakeMarker,
+        CheckTarget,
+        RunScript,
+        CreateNamespaces,
+        WriteIndex,
+    ]
 
 
-class Plan(NamedTuple):
+class Plan(Record):
     job: Job
     paths: JobPaths
     ops: tuple[Op, ...]
@@ -344,7 +350,7 @@ def plan_setup(config: NodeConfig, job: Job, index_file: str, env: Mapping[str, 
 # directory that is missing is skipped; one that is not what setup made is left alone.
 
 
-class OpenJobDir(NamedTuple):
+class OpenJobDir(Record):
     path: str  # B/J
     expected_id: str  # "DEV:INO" from the index; "" when only the config names it
 
@@ -353,7 +359,7 @@ class OpenJobDir(NamedTuple):
         return f"open {self.path} without following symlinks{check}; skip it if missing"
 
 
-class KillHolder(NamedTuple):
+class KillHolder(Record):
     job_dir: str
     pid: int = 0  # from the index: believed only with its start time
     start: str = ""
@@ -362,7 +368,7 @@ class KillHolder(NamedTuple):
         return f"kill the verified holder of {self.job_dir}/.ns/pid, if any, and wait for it"
 
 
-class KillJobProcesses(NamedTuple):
+class KillJobProcesses(Record):
     job_dir: str
 
     def describe(self) -> str:
@@ -372,14 +378,14 @@ class KillJobProcesses(NamedTuple):
         )
 
 
-class UnmountNsFiles(NamedTuple):
+class UnmountNsFiles(Record):
     job_dir: str
 
     def describe(self) -> str:
         return f"unmount {self.job_dir}/.ns/{{pid,user,mnt}} (lazily)"
 
 
-class MeasureTmpfs(NamedTuple):
+class MeasureTmpfs(Record):
     """How much each tmpfs private dir holds, read inside the job's mount namespace while it
     still exists (for the usage report)."""
 
@@ -390,7 +396,7 @@ class MeasureTmpfs(NamedTuple):
         return f"measure {', '.join(self.targets)} inside the job's mount namespace"
 
 
-class RemoveJobDir(NamedTuple):
+class RemoveJobDir(Record):
     job_dir: str
 
     def describe(self) -> str:
@@ -400,7 +406,7 @@ class RemoveJobDir(NamedTuple):
         )
 
 
-class RemoveDirRoot(NamedTuple):
+class RemoveDirRoot(Record):
     path: str  # D/J
     expected_id: str
 
@@ -408,14 +414,14 @@ class RemoveDirRoot(NamedTuple):
         return f"open {self.path} like the job directory, and move it aside"
 
 
-class RemoveIndex(NamedTuple):
+class RemoveIndex(Record):
     path: str
 
     def describe(self) -> str:
         return f"remove runtime index {self.path} and its temporary files, if nothing was left"
 
 
-class DeleteMovedAside(NamedTuple):
+class DeleteMovedAside(Record):
     """Delete the trees moved aside: now, or in a detached process at idle priority."""
 
     job_id: str
@@ -430,21 +436,22 @@ class DeleteMovedAside(NamedTuple):
         )
 
 
-TeardownOp = Union[
-    RunScript,
-    OpenJobDir,
-    KillHolder,
-    KillJobProcesses,
-    MeasureTmpfs,
-    UnmountNsFiles,
-    RemoveJobDir,
-    RemoveDirRoot,
-    RemoveIndex,
-    DeleteMovedAside,
-]
+if TYPE_CHECKING:
+    TeardownOp = Union[
+        RunScript,
+        OpenJobDir,
+        KillHolder,
+        KillJobProcesses,
+        MeasureTmpfs,
+        UnmountNsFiles,
+        RemoveJobDir,
+        RemoveDirRoot,
+        RemoveIndex,
+        DeleteMovedAside,
+    ]
 
 
-class TeardownPlan(NamedTuple):
+class TeardownPlan(Record):
     """Where a job's files may be: from the config, and from the index entry when there is one
     (so a job set up under an older config is still found)."""
 

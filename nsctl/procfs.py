@@ -8,10 +8,15 @@ bound on the job's ``.ns/pid`` file.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 
-class NsId(NamedTuple):
+class NsId(Record):
     """A namespace, as the (device, inode) of its nsfs file; equal ids mean the same namespace."""
 
     dev: int

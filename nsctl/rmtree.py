@@ -42,7 +42,12 @@ import ctypes
 import errno
 import os
 import struct
-from typing import NamedTuple, Optional, Union
+
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Union
 
 __all__ = ["MAX_OPEN_DIRS", "MAX_SCANS", "Failure", "Result", "remove_contents", "remove_tree"]
 
@@ -61,7 +66,7 @@ _STATX_SIZE = 256
 _OFF_MASK, _OFF_INO, _OFF_DEV, _OFF_MNT_ID = 0, 32, 136, 144
 
 
-class Failure(NamedTuple):
+class Failure(Record):
     path: str
     error: str
 
@@ -109,7 +114,7 @@ class Result:
         return not self.failures and not self.skipped_mounts
 
 
-class _Ident(NamedTuple):
+class _Ident(Record):
     dev: int
     ino: int
     mnt: Optional[int]  # None only where neither statx nor /proc can tell

@@ -8,18 +8,23 @@ block us past the limit) that is then copied into nsctl's log.
 
 from __future__ import annotations
 
-import logging
+import _signal as signal  # the C module: signal.py makes enums, an import each Prolog pays
 import os
-import signal
 import time
-from collections.abc import Mapping
-from typing import NamedTuple
+
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .log import Log
 
 GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a timed-out script's process group
 LOG_LIMIT = 64 * 1024  # bytes of a script's output that reach the log; the rest is counted
 
 
-class ScriptResult(NamedTuple):
+class ScriptResult(Record):
     ok: bool
     detail: str  # "exit status 3", "killed by signal 9", "timed out after 10 s", ...
 
@@ -34,7 +39,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def run_script(
-    name: str, path: str, env: Mapping[str, str], timeout: float, log: logging.Logger
+    name: str, path: str, env: Mapping[str, str], timeout: float, log: Log
 ) -> ScriptResult:
     if not os.path.isabs(path):
         return ScriptResult(False, f"{path} is not an absolute path")

@@ -19,11 +19,12 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any, NamedTuple, Optional
 
-import hostlist
-import yaml
-
 from . import config as cfg
+from .deps import dependency
 from .issues import Checked, Issue, NodeReport
+
+hostlist = dependency("hostlist")
+yaml = dependency("yaml")
 
 Path = tuple  # a key path: ("node_confs", 1, "options", "base_path")
 

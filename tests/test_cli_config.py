@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import marshal
 import os
 import re
 import socket
@@ -616,7 +617,7 @@ def test_cache_files_are_private(tmp_path):
     (cache_file,) = cache_dir.iterdir()
     assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(cache_file.stat().st_mode) == 0o600
-    assert json.loads(cache_file.read_text())["config"]["base_path"] == "/v"
+    assert marshal.loads(cache_file.read_bytes())["config"]["base_path"] == "/v"
 
 
 def test_an_invalid_file_is_refused_even_with_a_cache_for_an_older_version(tmp_path):
@@ -649,17 +650,17 @@ def test_untrusted_or_corrupt_cache_files_are_ignored(tmp_path):
     env = {"NSCTL_RUN_DIR": str(tmp_path / "run")}
     loader.load_node_config(path, "n1", "n1", env)
     (cache_file,) = (tmp_path / "run" / "cache").iterdir()
-    forged = json.loads(cache_file.read_text())
+    forged = marshal.loads(cache_file.read_bytes())
     forged["config"]["base_path"] = "/forged"
-    cache_file.write_text(json.dumps(forged))
+    cache_file.write_bytes(marshal.dumps(forged))
     os.chmod(cache_file, 0o620)  # group-writable: someone else could have written it
     assert loader.load_node_config(path, "n1", "n1", env).base_path == "/v"
-    cache_file.write_text("{not json")
+    cache_file.write_bytes(b"\x00not marshal")
     os.chmod(cache_file, 0o600)
     assert loader.load_node_config(path, "n1", "n1", env).base_path == "/v"
     cache_file.unlink()
-    cache_file.symlink_to(tmp_path / "elsewhere.json")
-    (tmp_path / "elsewhere.json").write_text(json.dumps(forged))
+    cache_file.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_bytes(marshal.dumps(forged))
     assert loader.load_node_config(path, "n1", "n1", env).base_path == "/v"
 
 

@@ -86,21 +86,94 @@ def test_usage_errors_exit_2_and_help_exits_0(root):
     assert helped.stdout.startswith("usage: nsctl-prolog [--on-error fail|ignore]")
 
 
-def test_the_prolog_path_imports_no_cli_no_yaml_no_jsonschema(lab):
-    """With the resolved config cached, a Prolog loads none of the heavy modules."""
+# What a Prolog or an Epilog must not import once the resolved config is cached: each is the
+# CLI, a parser, or a module whose import alone costs a job's start a measurable time.
+NOT_ON_THE_HOT_PATH = (
+    "click",
+    "yaml",
+    "jsonschema",
+    "hostlist",
+    "nsctl.validate",
+    "typing",
+    "logging",
+    "json",
+    "enum",
+    "re",
+    "dataclasses",
+    "collections",
+    "contextlib",
+    "subprocess",
+    "socket",
+    "signal",
+    "site",
+)
+HOT_PATH = f"""
+import sys
+sys.path[:0] = sys.argv[1:]
+from nsctl.hooks import run_setup, run_teardown
+assert run_setup() == 0
+assert run_teardown(wait=True) == 0
+print(" ".join(sorted(m for m in {NOT_ON_THE_HOT_PATH} if m in sys.modules)))
+"""
+
+
+def test_the_prolog_and_epilog_paths_import_only_what_their_work_needs(lab):
+    """Run as nsctl-prolog and nsctl-epilog run them (python -I -S: no site), with the
+    resolved config cached, a Prolog and an Epilog load none of NOT_ON_THE_HOT_PATH."""
+    import sysconfig
+
     lab.write_config(CONFIG)
+    paths = [str(pathlib.Path(__file__).parent.parent), sysconfig.get_paths()["purelib"]]
+    argv = [sys.executable, "-I", "-S", "-c", HOT_PATH, *paths]
     env = {**slurm_env(lab, "63"), "PATH": os.environ["PATH"]}
-    code = (
-        "import sys\n"
-        "from nsctl.hooks import run_setup\n"
-        "run_setup(dry_run=True, echo=lambda line: None)\n"
-        "print(sorted(m for m in ('click', 'yaml', 'jsonschema', 'dataclasses') "
-        "if m in sys.modules))\n"
+    cold = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert cold.returncode == 0, cold.stderr
+    assert "yaml" in cold.stdout.split()  # the first run parses, validates and fills the cache
+    hot = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert (hot.returncode, hot.stdout) == (0, "\n"), hot.stderr
+    assert lab.index_entries() == [] and lab.job_files() == []
+
+
+def test_the_launchers_start_python_isolated_and_without_site(lab, tmp_path):
+    """nsctl-prolog and nsctl-epilog, installed in a venv as pip installs them (copied
+    verbatim), run the venv's interpreter with -I -S and find nsctl beside it."""
+    import shutil
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = pathlib.Path(sysconfig.get_paths()["purelib"].replace(sys.prefix, str(venv)))
+    shutil.copytree(pathlib.Path(__file__).parent.parent / "nsctl", site / "nsctl")
+    # The dependencies live elsewhere, as in a venv made with --system-site-packages: only
+    # site (which the launchers skip) would find them, through this file.
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    for name in ("nsctl-prolog", "nsctl-epilog"):
+        launcher = pathlib.Path(__file__).parent.parent / "contrib/slurm/launchers" / name
+        shutil.copy(launcher, venv / "bin" / name)
+    lab.write_config(CONFIG)
+    env = slurm_env(lab, "64")
+    # The config's first read needs PyYAML, which this venv lacks: it is found through site.
+    assert hook_in(venv, "nsctl-prolog", env).returncode == 0
+    assert hook_in(venv, "nsctl-epilog", env, "--wait").returncode == 0
+    probe = venv / "bin" / "probe"  # what the launchers do, with a look at the interpreter
+    probe.write_text(
+        (venv / "bin" / "nsctl-prolog")
+        .read_text()
+        .replace(
+            "prolog_main()\n",
+            "print(sys.flags.isolated, sys.flags.no_site, 'site' in sys.modules)\n",
+        )
     )
-    warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert "yaml" in warm.stdout  # the first run parses and validates, and fills the cache
-    hot = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert hot.stdout == "[]\n", hot.stderr
+    probe.chmod(0o755)
+    out = subprocess.run([str(probe)], env=env, capture_output=True, text=True, cwd="/")
+    assert out.stdout == "1 1 False\n", out.stderr
+    assert lab.index_entries() == [] and lab.job_files() == []
+
+
+def hook_in(venv: pathlib.Path, name: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(venv / "bin" / name), *args], env=env, capture_output=True, text=True, cwd="/"
+    )
 
 
 def test_the_index_stays_readable_by_job_users_under_a_strict_umask(lab):
@@ -186,7 +259,7 @@ def test_prolog_and_epilog_from_a_job_container_conf_never_load_a_yaml_parser(la
         "import sys\n"
         "from nsctl.hooks import run_setup, run_teardown\n"
         "assert run_setup() == 0\n"
-        "assert run_teardown() == 0\n"
+        "assert run_teardown(wait=True) == 0\n"
         "print(sorted(m for m in ('click', 'yaml', 'jsonschema', 'nsctl.validate') "
         "if m in sys.modules))\n"
     )
