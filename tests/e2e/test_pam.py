@@ -128,8 +128,18 @@ class Sshd:
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin no\nUseDNS no\n"
             "PrintMotd no\nPrintLastLog no\nX11Forwarding no\nLogLevel VERBOSE\n"
+            # OpenSSH 9.8 and later refuse a source address for a while after failed logins;
+            # the tests are denied on purpose, all from the controller's address.
+            + ("PerSourcePenalties no\n" if self.openssh() >= (9, 8) else "")
         )
         self.set_pam()
+
+    def openssh(self) -> tuple[int, int]:
+        """The root's OpenSSH version (ssh -V: "OpenSSH_9.2p1 Debian-2+deb12u10, ...")."""
+        banner = self.lab.exec(["ssh", "-V"]).stderr
+        match = re.match(r"OpenSSH_(\d+)\.(\d+)", banner)
+        assert match, banner
+        return int(match.group(1)), int(match.group(2))
 
     def pam_module(self) -> str:
         """pam_slurm_adopt.so where the root's package put it (Debian 12: /lib/security, which
@@ -139,18 +149,18 @@ class Sshd:
                 return f"/{path}/pam_slurm_adopt.so"
         raise slurmlab.LabError("no pam_slurm_adopt.so in the root")
 
-    def set_pam(self, nsctl_args: str = "", adopt_args: str = "") -> None:
-        """The root's own /etc/pam.d/sshd with the README's two account lines after
-        common-account. PAM reads the file at every login: no restart needed."""
+    def set_pam(self, nsctl_args: str = "", stack: str = "account") -> None:
+        """The root's own /etc/pam.d/sshd with the README's lines: pam_slurm_adopt after
+        common-account, pam_nsctl right after it (or last in the session stack). PAM reads the
+        file at every login: no restart needed."""
         stock = (self.lab.system_root / "etc/pam.d/sshd").read_text()
-        lines = (
-            f"account    required     {self.pam_module()} nodename={self.node} {adopt_args}\n"
-            f"account    required     {self.lab.lib}/security/pam_nsctl.so {nsctl_args}\n"
-        )
+        nsctl = f"{stack:<10} required     {self.lab.lib}/security/pam_nsctl.so {nsctl_args}\n"
+        lines = f"account    required     {self.pam_module()} nodename={self.node}\n"
+        lines += nsctl if stack == "account" else ""
         text, found = re.subn(r"(?m)^@include common-account\n", lambda m: m.group(0) + lines,
                               stock)  # fmt: skip
         assert found == 1, stock
-        self.pam_file.write_text(text)
+        self.pam_file.write_text(text + (nsctl if stack == "session" else ""))
 
     # ---- running --------------------------------------------------------------------------
 
@@ -261,8 +271,8 @@ def entry(lab: Lab, job_id: str) -> dict[str, str]:
 
 
 PROBE = (
-    'echo "job=$SLURM_JOB_ID tmpdir=$TMPDIR"; ls -A /tmp | tr "\\n" " "; echo; '
-    "stat -L -c %i /proc/self/ns/pid /proc/self/ns/mnt; "
+    'echo "job=$SLURM_JOB_ID tmpdir=$TMPDIR loginuid=$(cat /proc/self/loginuid)"; '
+    'ls -A /tmp | tr "\\n" " "; echo; stat -L -c %i /proc/self/ns/pid /proc/self/ns/mnt; '
     "grep -h job_ /proc/self/cgroup | head -1; ps -e -o pid=,args="
 )
 
@@ -277,6 +287,7 @@ def probe(sshd: Sshd) -> tuple[Result, dict[str, object]]:
     return res, {
         "job": fields["job"],
         "tmpdir": fields["tmpdir"],
+        "loginuid": fields["loginuid"],
         "tmp": lines[1].split(),
         "pid_ns": int(lines[2]),
         "mnt_ns": int(lines[3]),
@@ -332,8 +343,8 @@ def test_two_jobs_the_login_follows_pam_slurm_adopts_choice(nsctl_lab: Lab, sshd
 
 
 def test_without_a_job_pam_slurm_adopt_refuses_as_before(nsctl_lab: Lab, sshd: Sshd) -> None:
-    res = sshd.ssh("echo in")
-    assert res.returncode == 255 and "in" not in res.stdout.split(), res
+    res = sshd.ssh("echo logged-in")
+    assert res.returncode == 255 and "logged-in" not in res.stdout, res
     assert "Access denied by pam_slurm_adopt: you have no active jobs on this node" in res.stderr
     assert "pam_nsctl" not in res.stderr, res
 
@@ -411,8 +422,8 @@ def denied_then_allowed(sshd: Sshd, job_id: str, what: str, reason: str) -> None
     """The login is refused, with the reason on the terminal and in syslog; with on_error=allow
     the same login gets in, unisolated (the node's /tmp), and that is logged."""
     mark = sshd.syslog_mark()
-    res = sshd.ssh("echo in")
-    assert res.returncode == 255 and "in" not in res.stdout.split(), (what, res)
+    res = sshd.ssh("echo logged-in")
+    assert res.returncode == 255 and "logged-in" not in res.stdout, (what, res)
     told = f"Access denied by pam_nsctl: the namespaces of job {job_id} cannot be entered"
     assert told in res.stderr and reason in res.stderr, (what, res)
     log = sshd.syslog_since(mark)
@@ -426,6 +437,41 @@ def denied_then_allowed(sshd: Sshd, job_id: str, what: str, reason: str) -> None
     assert res.returncode == 0 and "on-the-node" in res.stdout.split(), (what, res)
     log = sshd.syslog_since(mark)
     assert "; allowing the login without isolation (on_error=allow)" in log, (what, log)
+
+
+def test_in_the_session_stack_pam_loginuid_still_sees_the_node(nsctl_lab: Lab, sshd: Sshd) -> None:
+    """The other placement: pam_nsctl last in the session stack. The session modules before it
+    run in the node's namespaces, so pam_loginuid sets the audit login uid (in the account
+    stack it cannot: this process has no entry in the job's /proc), and a refusal there
+    authenticates the user but sshd runs no shell or command (exit 254) and no forwarding."""
+    sshd.set_pam(stack="session")
+    try:
+        with nsctl_lab.running_job(JOB) as job:
+            res, seen = probe(sshd)
+            assert_in_job(nsctl_lab, res, seen, job.job_id)
+            assert seen["loginuid"] == str(nsctl_lab.uid), res
+            index = nsctl_lab.run_dir() / "jobs" / job.job_id
+            original = index.read_text()
+            put(index, original.replace("version=1\n", "version=2\n"))
+            try:
+                mark = sshd.syslog_mark()
+                res = sshd.ssh("echo logged-in")
+            finally:
+                put(index, original)
+        assert res.returncode == 254 and "logged-in" not in res.stdout, res
+        told = f"Access denied by pam_nsctl: the namespaces of job {job.job_id} cannot be entered"
+        assert told in res.stdout, res  # sshd shows the session's messages on stdout
+        assert "pam_nsctl(sshd:session): " in sshd.syslog_since(mark)
+    finally:
+        sshd.set_pam()
+
+
+def test_in_the_account_stack_the_audit_login_uid_is_unset(nsctl_lab: Lab, sshd: Sshd) -> None:
+    """What the account-stack placement costs with a PID namespace (documented)."""
+    with nsctl_lab.running_job(JOB) as job:
+        res, seen = probe(sshd)
+        assert_in_job(nsctl_lab, res, seen, job.job_id)
+    assert seen["loginuid"] == "4294967295", res
 
 
 def test_nothing_is_left_running(nsctl_lab: Lab, sshd: Sshd) -> None:
