@@ -17,11 +17,17 @@
  * pam_open_session does it fork the unprivileged child ("sshd: user@pts/0") that forks the
  * user's shell, so both are born in the job's PID namespace and inherit its user and mount
  * namespaces. (The auth stack runs in a separate forked process: a join there would be lost.)
- * sshd denies a login when the account stack fails, but a failing session stack only
- * restricts the session (no forwarding) and still starts the shell, so with sshd this module
- * belongs in the account stack, where a refusal is a refusal. It also works in the session
- * stack, for PAM applications that honour a session failure; configured in both, the second
- * call finds the first one's join (pam_set_data) and does nothing.
+ * So either stack works; they differ in what a refusal does and what the later modules see:
+ *   - account, right after pam_slurm_adopt (recommended): a refusal fails the login and sshd
+ *     closes the connection; but every later module runs inside the job's namespaces, and with
+ *     a PID namespace the job's /proc has no entry for this process (pam_loginuid then cannot
+ *     set the audit login uid). Slurm's own plugins join here too.
+ *   - session, as the last line: the other session modules run in the node's namespaces; a
+ *     refusal leaves the connection authenticated, but sshd runs no shell, command or subsystem
+ *     for a session whose PAM session failed (exit status 254) and allows no forwarding.
+ * Configured in both, the second call finds the first one's join (pam_set_data) and does
+ * nothing. sshd must run in the node's own mount namespace, where the Prolog binds the
+ * namespace files: a bound mount-namespace file is never copied into another mount namespace.
  *
  *   - not adopted into a job (no SLURM_JOB_ID, no job cgroup), or no index entry: the login
  *     has no nsctl namespaces to enter: PAM_IGNORE;
