@@ -211,7 +211,7 @@ static int join_job(pam_handle_t *pamh, int argc, const char **argv, const char 
 	env_id = pam_getenv(pamh, "SLURM_JOB_ID");
 	in_cgroup = job_from_cgroup(&cgroup_job);
 	if (env_id) {
-		if (parse_job_id(env_id, &job_id) < 0 || strchr(env_id, '/')) {
+		if (env_id[strspn(env_id, "0123456789")] != '\0' || parse_job_id(env_id, &job_id)) {
 			snprintf(err, sizeof(err), "SLURM_JOB_ID '%.32s' is not a job id", env_id);
 			goto fail;
 		}

@@ -3,9 +3,10 @@
 Each Slurm version gets a lab of its own (node ``pam1``: Slurm's cgroups, made by proctrack/cgroup
 on the host's v1 hierarchies as pam_slurm_adopt needs, are named after the node, and no other
 lab uses that name). On the node the tests start Debian's sshd with pam_slurm_adopt and pam_nsctl
-in its account stack, as contrib/slurm/README.md says, in a mount namespace of its own (so that
-its /etc/pam.d/sshd and a /dev/log the tests read are sshd's alone: the lab's /dev is the host's),
-and log in from the controller's side of the lab as the job user with a key pair made here.
+in its account stack, as contrib/slurm/README.md says, in the node's mount namespace (where the
+Prolog binds the namespace files), with a PAM file and a /dev/log of the tests' bound there (the
+lab's /dev is the host's), and log in from the controller's side of the lab as the job user with
+a key pair made here.
 """
 
 from __future__ import annotations
@@ -330,16 +331,39 @@ def test_ssh_during_a_job_lands_in_its_namespaces(nsctl_lab: Lab, sshd: Sshd) ->
     assert f"entering the namespaces of job {job.job_id} (pid,mnt) in the account stack" in log
 
 
+def test_with_a_user_namespace_too(nsctl_lab: Lab, sshd: Sshd) -> None:
+    nsctl_lab.configure("nsctl", namespace_yaml(nsctl_lab, "[CLONE_NEWPID, CLONE_NEWUSER]"),
+                        cgroups=True)  # fmt: skip
+    with nsctl_lab.running_job(JOB) as job:
+        res, seen = probe(sshd)
+        assert_in_job(nsctl_lab, res, seen, job.job_id)
+        user = sshd.ssh("stat -L -c %i /proc/self/ns/user; id -u; cat /proc/self/uid_map")
+        lines = user.stdout.split("\n")
+        assert user.returncode == 0, user
+        ns_dir = entry(nsctl_lab, job.job_id)["ns_dir"]
+        assert int(lines[0]) == ns_ino(nsctl_lab, ns_dir + "/user"), user
+        assert lines[1] == str(nsctl_lab.uid) and lines[2].split() == ["0", "0", "4294967295"]
+
+
 def test_two_jobs_the_login_follows_pam_slurm_adopts_choice(nsctl_lab: Lab, sshd: Sshd) -> None:
+    """pam_slurm_adopt cannot ask a slurmd at the controller's address which job the login
+    comes from, so it picks one (action_unknown=newest); pam_nsctl takes exactly that one.
+    Up to 25.11 (cgroup/v1) it is the job whose cgroup changed last: the second. 26.05 means to
+    take the newest extern step, but its sort reads qsort's pointers to the records as the
+    records (_sort_steps_by_start_time, also in master), so its choice is not the newest
+    reliably: there the test checks that the login follows whichever job it picked."""
     mark = sshd.syslog_mark()
-    with nsctl_lab.running_job(JOB) as first:  # the older job
+    with nsctl_lab.running_job(JOB) as first:
         time.sleep(1.2)  # pam_slurm_adopt compares times of whole seconds
         with nsctl_lab.running_job(JOB) as second:
             res, seen = probe(sshd)
             log = sshd.syslog_since(mark)
             picked = re.findall(r"(?:Picked job|Newest job) (\d+)", log)
-            assert picked == [second.job_id] != [first.job_id], log  # the newest
-            assert_in_job(nsctl_lab, res, seen, second.job_id)
+            assert len(picked) == 1 and picked[0] in (first.job_id, second.job_id), log
+            if nsctl_lab.version != "26.05":
+                assert picked == [second.job_id], log
+            # SLURM_JOB_ID, the job's /tmp (only its own file), its namespaces and cgroup
+            assert_in_job(nsctl_lab, res, seen, picked[0])
 
 
 def test_without_a_job_pam_slurm_adopt_refuses_as_before(nsctl_lab: Lab, sshd: Sshd) -> None:
@@ -396,6 +420,10 @@ FORGERIES = {
     "another user's": (
         lambda index, text, uid: put(index, re.sub(r"(?m)^uid=\d+$", "uid=0", text)),
         "the index entry is for uid 0, not for",
+    ),
+    "unreadable (binary)": (
+        lambda index, text, uid: put(index, text + "\0" * 64),
+        "cannot read index entry",
     ),
     "a symlink": (
         lambda index, text, uid: symlink_to(index, index.with_name("elsewhere")),
