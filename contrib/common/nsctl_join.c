@@ -167,11 +167,27 @@ static int digits(const char *text)
 	return 1;
 }
 
+/* dirs=: the job's private directories, comma-separated (none contains a comma), maybe none. */
+static int parse_dirs(struct nsctl_job *job, const char *list, int *seen, char *err, size_t errlen)
+{
+	if ((*seen)++)
+		return fail(err, errlen, "index entry has 'dirs' twice");
+	for (const char *dir = list;; dir++) {
+		size_t len = strcspn(dir, ",");
+		if (len == 4 && strncmp(dir, "/tmp", 4) == 0)
+			job->tmp_private = 1;
+		dir += len;
+		if (*dir == '\0')
+			return 0;
+	}
+}
+
 /* Strict key=value parser for the keys the readers need; the others are nsctl's own. */
 static int parse_entry(char *text, struct nsctl_job *job, char *err, size_t errlen)
 {
 	char version[8] = "", job_id[16] = "", uid[24] = "", namespaces[32] = "", holder[24] = "";
 	char *save = NULL;
+	int dirs_seen = 0;
 
 	if (text[0] == '\0' || text[strlen(text) - 1] != '\n')
 		return fail(err, errlen, "index entry is empty or truncated");
@@ -193,6 +209,8 @@ static int parse_entry(char *text, struct nsctl_job *job, char *err, size_t errl
 			rc = set_once(namespaces, sizeof(namespaces), line, value, err, errlen);
 		else if (strcmp(line, "holder_pid") == 0)
 			rc = set_once(holder, sizeof(holder), line, value, err, errlen);
+		else if (strcmp(line, "dirs") == 0)
+			rc = parse_dirs(job, value, &dirs_seen, err, errlen);
 		else if (strcmp(line, "holder_start") == 0)
 			rc = set_once(job->holder_start, sizeof(job->holder_start), line, value, err,
 				      errlen);

@@ -37,6 +37,7 @@ struct nsctl_job {
 	unsigned long holder_pid; /* 0 without a PID namespace */
 	char holder_start[24];
 	char ns_dir[PATH_MAX];
+	int tmp_private;	 /* "/tmp" is one of the entry's dirs= (the TaskProlog's TMPDIR rule) */
 	int wanted[NSCTL_KINDS]; /* the kinds the entry names */
 	int fds[NSCTL_KINDS];	 /* opened by nsctl_open, -1 otherwise */
 };

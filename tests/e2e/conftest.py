@@ -86,3 +86,12 @@ def cluster3(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
     """Three slurmd nodes n1, n2, n3 (own hostnames, addresses, /run, local disk) and one
     slurmctld."""
     yield from run_lab(slurmlab.Lab(request.param, nodes=("n1", "n2", "n3")))
+
+
+@pytest.fixture(scope="module", params=slurmlab.VERSIONS, ids=IDS)
+def pam_lab(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
+    """A one-node lab of its own for test_pam.py, node ``pam1``: with proctrack/cgroup, Slurm's
+    cgroups on the host's hierarchies are named after the node, so no other lab may share it."""
+    lab = slurmlab.Lab(request.param, nodes=("pam1",), hostnames=("pamnode",),
+                       name=f"pam-{request.param}")  # fmt: skip
+    yield from run_lab(lab)

@@ -32,7 +32,8 @@ import labns
 CACHE = Path(os.environ.get("NSCTL_LAB_CACHE", "/var/cache/nsctl-lab"))
 MIRROR = os.environ.get("NSCTL_LAB_MIRROR", "http://deb.debian.org/debian")
 # What the labs need in every root: Slurm and munge, spank.h, and what nsctl's install and the
-# SPANK plugin's build need (README: a venv, pip, gcc and make).
+# SPANK plugin's build need (README: a venv, pip, gcc and make); sshd, ssh, pam_slurm_adopt and
+# the PAM headers for pam_nsctl (tests/e2e/test_pam.py).
 PACKAGES = (
     "slurmd",
     "slurmctld",
@@ -46,9 +47,13 @@ PACKAGES = (
     "gcc",
     "make",
     "libc6-dev",
+    "openssh-server",
+    "openssh-client",
+    "libpam-slurm-adopt",
+    "libpam0g-dev",
 )
 # Bump when the recipe below changes, so cached roots made by an older one are rebuilt.
-RECIPE = 1
+RECIPE = 2
 # The job user inside every root. Its uid is deliberately not the host's nsctltest (1001), so a
 # lab's job processes can never be mistaken for those of a cluster running on the host.
 JOB_USER, JOB_UID = "nsctltest", 4242
@@ -111,6 +116,7 @@ def usable(suite: Suite) -> bool:
     needed = (
         "usr/sbin/slurmd", "usr/sbin/slurmctld", "usr/bin/srun", "usr/sbin/munged",
         "usr/include/slurm/spank.h", "usr/bin/python3", "usr/bin/gcc", "usr/bin/make",
+        "usr/sbin/sshd", "usr/bin/ssh", "usr/include/security/pam_modules.h",
     )  # fmt: skip
     if not all((root / path).exists() for path in needed):
         return False

@@ -18,6 +18,10 @@ Isolation modes, switched by rewriting slurm.conf and restarting the daemons: ``
 namespace/tmpfs on 26.05), ``linux`` (26.05 only: Slurm's namespace/linux, reading the
 namespace.yaml beside slurm.conf), ``nsctl`` (contrib/slurm Prolog/Epilog/TaskProlog and the
 SPANK plugin), and ``spank`` (the SPANK plugin alone, for tests that hand it index entries).
+Any mode can run with ``cgroups=True``: proctrack/cgroup with cgroup/v1 on the host's v1
+hierarchies, as pam_slurm_adopt needs (tests/e2e/test_pam.py). Slurm names its cgroups after
+the node (``slurm_<NodeName>``) in hierarchies every lab shares, so a lab using them needs node
+names no concurrent lab uses; stop() removes them.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ USER = roots.JOB_USER
 RUN_DIR = "/run/nsctl"  # nsctl's runtime dir on each node (a fresh tmpfs /run per node)
 WHEELS = "/srv/nsctl-wheels"  # the wheelhouse inside a lab (/srv there is a scratch tmpfs)
 MODES = ("none", "tmpfs", "linux", "nsctl", "spank")
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # the host's hierarchies, bound into every lab with /sys
 
 
 class LabError(RuntimeError):
@@ -174,6 +179,7 @@ class Lab:
         self.system_root: Optional[Path] = None  # the Debian root in the cache
         self.timings: dict[str, float] = {}  # seconds: root (+ build), namespaces, install
         self._root_in_use = None
+        self.used_cgroups = False  # configure(cgroups=True) ran: stop() removes Slurm's cgroups
 
     # ---- host-side paths of node-local things ---------------------------------------------
 
@@ -342,7 +348,7 @@ class Lab:
             target.write_text(text)
             target.chmod(0o755)
 
-    def slurm_conf(self, mode: str) -> str:
+    def slurm_conf(self, mode: str, cgroups: bool = False) -> str:
         lab = self.root
         major = tuple(int(part) for part in self.version.split("."))
         lines = [
@@ -354,7 +360,7 @@ class Lab:
             "CredType=cred/munge",
             "MpiDefault=none",
             "MailProg=/bin/true",
-            "ProctrackType=proctrack/linuxproc",
+            f"ProctrackType=proctrack/{'cgroup' if cgroups else 'linuxproc'}",
             "TaskPlugin=task/none",
             "SchedulerType=sched/backfill",
             "SelectType=select/cons_tres",
@@ -409,11 +415,13 @@ class Lab:
         namespace_yaml: Optional[str] = None,
         on_error: str = "fail",
         job_container_conf: Optional[str] = None,
+        cgroups: bool = False,
     ) -> None:
         """Put the cluster in a mode; restarts the daemons only when something changed.
 
         ``job_container_conf`` is the text of job_container.conf for job_container/tmpfs and
-        namespace/tmpfs (default: AutoBasePath=true and BasePath=jc_base).
+        namespace/tmpfs (default: AutoBasePath=true and BasePath=jc_base). ``cgroups``:
+        proctrack/cgroup on cgroup/v1 (what pam_slurm_adopt needs).
         """
         if mode not in MODES:
             raise ValueError(mode)
@@ -422,19 +430,22 @@ class Lab:
         namespace_yaml = namespace_yaml or self.default_namespace_yaml(mode)
         if job_container_conf is None:
             job_container_conf = f"AutoBasePath=true\nBasePath={self.jc_base}\n"
-        settings = (mode, namespace_yaml, on_error, job_container_conf)
+        settings = (mode, namespace_yaml, on_error, job_container_conf, cgroups)
         if settings == self.settings and self.daemons_alive():
             return
         self.stop_daemons()
-        self.conf.write_text(self.slurm_conf(mode))
+        self.used_cgroups |= cgroups
+        self.conf.write_text(self.slurm_conf(mode, cgroups))
         # Beside slurm.conf: nsctl finds it through SLURM_CONF, Slurm's namespace/linux there too.
         (self.etc / "namespace.yaml").write_text(namespace_yaml)
         (self.etc / "job_container.conf").write_text(job_container_conf)
         # 24.11 and later load a cgroup plugin even with proctrack/linuxproc and task/none, and
         # the autodetected cgroup/v2 dies on this host's hybrid layout ("Hybrid mode is not
         # supported", as /proc/self/cgroup lists v1 hierarchies whatever is mounted).
-        (self.etc / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
-        if self.version == "22.05":
+        # cgroup/v1, named, runs on the host's v1 hierarchies on every version.
+        plugin = "cgroup/v1" if cgroups else "disabled"
+        (self.etc / "cgroup.conf").write_text(f"CgroupPlugin={plugin}\n")
+        if self.version == "22.05" and not cgroups:
             (self.etc / "cgroup.conf").unlink()
         # nsctl mode uses the plugin's default index (/run/nsctl/jobs), as the README does;
         # spank mode feeds it hand-made entries through the index_dir= argument.
@@ -525,6 +536,8 @@ class Lab:
                     space.popen.kill()
                     space.popen.wait()
             self.space, self.node_spaces, self.settings = None, {}, None
+            if self.used_cgroups:
+                self.remove_slurm_cgroups()
             if self._root_in_use:
                 self._root_in_use.close()
                 self._root_in_use = None
@@ -739,6 +752,29 @@ class Lab:
                 found.append(pid)
         return sorted(found)
 
+    def slurm_cgroups(self) -> list[Path]:
+        """The lab's Slurm cgroups (``slurm_<NodeName>``, as Debian's Slurm, built for multiple
+        slurmds, names them) in every host hierarchy that has one."""
+        hierarchies = [p for p in sorted(CGROUP_ROOT.iterdir()) if p.is_dir()]
+        return [h / f"slurm_{n}" for h in hierarchies for n in self.nodes
+                if (h / f"slurm_{n}").is_dir()]  # fmt: skip
+
+    def remove_slurm_cgroups(self, timeout: float = 10) -> list[str]:
+        """rmdir the lab's Slurm cgroups, deepest first (a cgroup is busy until its last process
+        is reaped); returns those still there after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = []
+            for top in self.slurm_cgroups():
+                for path, _, _ in sorted(os.walk(top), key=lambda w: -len(Path(w[0]).parts)):
+                    try:
+                        os.rmdir(path)
+                    except OSError:
+                        left.append(path)
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.1)
+
     def index_entries(self, node: Optional[str] = None) -> list[str]:
         """nsctl's runtime index entries on a node (every node when node is None)."""
         found = []
@@ -786,6 +822,8 @@ class Lab:
                 problems += [
                     f"mount {m} left ({mountinfo})" for m in mounts_under(prefix, mountinfo)
                 ]
+        if self.used_cgroups:
+            problems += [f"cgroup {top} left" for top in self.slurm_cgroups()]
         jobs = Path(RUN_DIR) / "jobs"
         for name in sorted(os.listdir(jobs)) if jobs.is_dir() else []:
             with contextlib.suppress(OSError):
