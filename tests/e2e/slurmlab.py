@@ -475,7 +475,7 @@ class Lab:
             for node in self.nodes:
                 self.exec(["slurmd", "-f", str(self.conf), "-N", node],
                           space=self.node_spaces[node])  # fmt: skip
-            self.wait_node_state("idle")
+            self.wait_node_state("idle", daemons=True)
         except BaseException:
             self.stop_daemons()
             raise
@@ -662,11 +662,15 @@ class Lab:
     def node_reason(self) -> str:
         return self.admin("sinfo", "-h", "-N", "-o", "%E").stdout.strip()
 
-    def wait_node_state(self, state: str, timeout: float = 60) -> None:
-        """Wait until every node is in `state` (sinfo's short name)."""
+    def wait_node_state(self, state: str, timeout: float = 60, daemons: bool = False) -> None:
+        """Wait until every node is in `state` (sinfo's short name); with daemons, fail as soon
+        as slurmctld or a slurmd is gone (one that refuses its configuration exits after it
+        daemonised)."""
         deadline = time.monotonic() + timeout
         seen: list[str] = []
         while time.monotonic() < deadline:
+            if daemons and not self.daemons_alive():
+                raise LabError(f"a daemon exited while the nodes came up: {seen!r}")
             res = self.admin("sinfo", "-h", "-N", "-o", "%t", check=False)
             seen = res.stdout.split()
             if seen == [state] * len(self.nodes):
