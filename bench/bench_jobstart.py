@@ -1,20 +1,25 @@
-"""Job-start cost users feel: N sequential `srun -Q true` with (a) no isolation, (b) Slurm's own
-job_container/tmpfs, (c) nsctl, all in one run on the one-node lab of tests/e2e/slurmlab.py.
+"""Job-start cost users feel: sequential `srun -Q true` with no isolation, with Slurm's own C
+plugin, and with nsctl, in alternating blocks on the one-node lab of tests/e2e/slurmlab.py.
+
+Slurm's own plugin is job_container/tmpfs on 22.05 and 24.11 and namespace/linux on 26.05 (the
+plugin nsctl re-implements). Each version runs its three modes in blocks of --block jobs,
+rotating which mode goes first, so drifts in machine load hit every mode alike; every figure is
+reported as a ratio to no isolation from the same run.
 
 End-to-end srun times are quantised by srun's readiness polling (slurm-lab.md: costs under ~85 ms
 are invisible, past it srun jumps by ~200 ms), so the per-job time each mechanism adds is also
 read from the daemons' logs (SlurmdDebug=debug, 1 ms resolution):
 
-  start  slurmctld "Allocate JobId=J" -> slurmd "[J.extern] Message thread started"
-         (Prolog, then the extern step; job_container/tmpfs builds its namespace in that step)
+  start  slurmctld "Allocate JobId=J" -> slurmd "[J.extern] ... Message thread started"
+         (the Prolog, then the extern step; Slurm's plugins build their namespace in that step)
   task   slurmctld "Allocate JobId=J" -> slurmd "[J.0] task 0 (...) started"
   end    slurmd "_rpc_terminate_job ... JobId=J" -> slurmd "completed epilog for jobid J"
-         (job_container/tmpfs tears down in the extern step, nsctl in the Epilog; the node takes
-         the next job only after this)
+         (Slurm's plugins tear down in the extern step, nsctl in the Epilog; the node takes the
+         next job only after this)
 
-Run as root:  python3 bench/bench_jobstart.py [-n 50] [--plot bench/jobstart.png] [--slurm 26.05]
+Run as root:  python3 bench/bench_jobstart.py [--slurm 22.05 26.05] [-n 60] [--block 10]
 (Each srun is started in the lab through nsenter, which adds the same few ms to every mode.)
-Needs matplotlib for the plot (pip install matplotlib; not a dependency of nsctl).
+With matplotlib importable (not a dependency of nsctl) it also draws --plot.
 """
 
 from __future__ import annotations
@@ -31,8 +36,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 import slurmlab  # noqa: E402
 
-MODES = {"none": "(a) no isolation", "tmpfs": "(b) job_container/tmpfs", "nsctl": "(c) nsctl"}
 STAMP = r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})\] "
+PHASES = ("start", "task", "end")
+
+
+def builtin_mode(version: str) -> str:
+    return "linux" if version == "26.05" else "tmpfs"
+
+
+def label(mode: str) -> str:
+    return {
+        "none": "no isolation",
+        "tmpfs": "job_container/tmpfs",
+        "linux": "namespace/linux",
+        "nsctl": "nsctl",
+    }[mode]
 
 
 def stamp(text: str, pattern: str) -> dict[str, float]:
@@ -47,25 +65,27 @@ def stamp(text: str, pattern: str) -> dict[str, float]:
 
 def log_phases(slurmd: str, slurmctld: str, jobs: list[str]) -> dict[str, list[float]]:
     alloc = stamp(slurmctld, r"sched: Allocate JobId=(\d+) ")
-    extern = stamp(slurmd, r"\[(\d+)\.extern\] debug:  Message thread started")
-    task = stamp(slurmd, r"\[(\d+)\.0\] task 0 \(\d+\) started")
+    marks = {
+        "start": stamp(slurmd, r"\[(\d+)\.extern\] (?:debug:  )?Message thread started"),
+        "task": stamp(slurmd, r"\[(\d+)\.0\] task 0 \(\d+\) started"),
+    }
     term = stamp(slurmd, r"debug:  _rpc_terminate_job: uid = \d+ JobId=(\d+)")
     done = stamp(slurmd, r"debug:  completed epilog for jobid (\d+)")
-    phases: dict[str, list[float]] = {"start": [], "task": [], "end": []}
+    phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
     for job in jobs:
-        if job in alloc and job in extern:
-            phases["start"].append((extern[job] - alloc[job]) * 1000)
-        if job in alloc and job in task:
-            phases["task"].append((task[job] - alloc[job]) * 1000)
+        for phase, seen in marks.items():
+            if job in alloc and job in seen:
+                phases[phase].append((seen[job] - alloc[job]) * 1000)
         if job in term and job in done:
             phases["end"].append((done[job] - term[job]) * 1000)
     return phases
 
 
-def run_mode(lab: slurmlab.Lab, mode: str, count: int, warmup: int) -> dict:
+def run_block(lab: slurmlab.Lab, mode: str, count: int, warmup: int) -> dict[str, list[float]]:
     lab.configure(mode)
     for _ in range(warmup):
         lab.srun("true")
+    lab.cancel_all()
     mark = lab.log_mark()
     ctld_log = lab.log_dir / "slurmctld.log"
     ctld_mark = ctld_log.stat().st_size
@@ -85,55 +105,19 @@ def run_mode(lab: slurmlab.Lab, mode: str, count: int, warmup: int) -> dict:
     return {"wall": walls, **log_phases(lab.logs_since(mark), ctld_text, jobs)}
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def plot(results: dict, path: Path, count: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    labels = [MODES[m] for m in results]
-    left.boxplot([results[m]["wall"] for m in results], showfliers=True)
-    left.set_xticks(range(1, len(labels) + 1), labels)
-    for i, mode in enumerate(results, start=1):
-        walls = results[mode]["wall"]
-        left.scatter([i + (j % 7 - 3) * 0.03 for j in range(len(walls))], walls, s=6, alpha=0.5)
-    left.set_ylabel("ms")
-    left.set_title(f"srun -Q true, wall time ({count} sequential jobs each)")
-    width = 0.35
-    xs = range(len(labels))
-    starts = [median(results[m]["start"]) for m in results]
-    ends = [median(results[m]["end"]) for m in results]
-    right.bar([x - width / 2 for x in xs], starts, width, label="allocate -> extern step ready")
-    right.bar([x + width / 2 for x in xs], ends, width, label="job end -> epilog complete")
-    right.set_xticks(list(xs), labels)
-    right.set_ylabel("ms (median, from slurmd/slurmctld logs)")
-    right.set_title("Where the time goes, per job")
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=50, help="jobs per mode [50]")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("jobstart.png"))
-    parser.add_argument("--slurm", choices=slurmlab.VERSIONS, default="22.05", help="[22.05]")
-    args = parser.parse_args()
-
-    lab = slurmlab.Lab(args.slurm)
-    results = {}
+def run_version(version: str, count: int, block: int, warmup: int) -> dict[str, dict]:
+    modes = ["none", builtin_mode(version), "nsctl"]
+    results = {mode: {"wall": [], **{phase: [] for phase in PHASES}} for mode in modes}
+    lab = slurmlab.Lab(version)
     leftovers: list[str] = []
     try:
         lab.prepare()
         namespaces = lab.recorded_namespaces()
-        for mode in MODES:
-            results[mode] = run_mode(lab, mode, args.n, args.warmup)
+        for number in range((count + block - 1) // block):
+            order = modes[number % 3 :] + modes[: number % 3]
+            for mode in order:
+                for key, values in run_block(lab, mode, block, warmup).items():
+                    results[mode][key] += values
         lab.cancel_all()
         leftovers = lab.leftovers()
     finally:
@@ -141,28 +125,90 @@ def main() -> None:
     leftovers += lab.host_leftovers(namespaces)
     if leftovers:
         raise SystemExit("the lab leaked: " + "; ".join(leftovers))
+    return results
 
-    print(f"{args.n} sequential `srun -Q true` per mode, Slurm {args.slurm}, one node, 2 cores")
-    print(f"{'mode':28} {'wall median':>12} {'p90':>8} {'start':>8} {'task':>8} {'end':>8}  (ms)")
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(version: str, results: dict[str, dict]) -> list[str]:
+    jobs = len(results["none"]["wall"])
+    lines = [
+        f"Slurm {version}: {jobs} sequential `srun -Q true` per mode, one node, 2 cores",
+        "",
+        "| mode | wall median | p90 | x no isolation | start | task | end |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = median(results["none"]["wall"])
     for mode, res in results.items():
         walls = sorted(res["wall"])
         p90 = walls[int(0.9 * (len(walls) - 1))]
-        print(
-            f"{MODES[mode]:28} {median(walls):12.1f} {p90:8.1f} {median(res['start']):8.1f} "
-            f"{median(res['task']):8.1f} {median(res['end']):8.1f}"
+        phases = " | ".join(f"{median(res[phase]):.0f} ms" for phase in PHASES)
+        lines.append(
+            f"| {label(mode)} | {median(walls):.1f} ms | {p90:.1f} ms | "
+            f"{median(walls) / base:.2f} | {phases} |"
         )
-    wall = {m: median(r["wall"]) for m, r in results.items()}
-    print(f"ratio c/b (nsctl / job_container/tmpfs) = {wall['nsctl'] / wall['tmpfs']:.2f}")
-    print(f"ratio c/a (nsctl / no isolation)        = {wall['nsctl'] / wall['none']:.2f}")
-    for mode in ("tmpfs", "nsctl"):
-        added_start = median(results[mode]["start"]) - median(results["none"]["start"])
-        added_end = median(results[mode]["end"]) - median(results["none"]["end"])
-        print(
-            f"per-job time added by {MODES[mode]} (logs, vs no isolation): "
-            f"start +{added_start:.0f} ms, end +{added_end:.0f} ms"
+    builtin = builtin_mode(version)
+    nsctl, own = median(results["nsctl"]["wall"]), median(results[builtin]["wall"])
+    lines += [
+        "",
+        f"nsctl / no isolation = {nsctl / base:.2f}; {label(builtin)} / no isolation = "
+        f"{own / base:.2f}; nsctl / {label(builtin)} = {nsctl / own:.2f}",
+    ]
+    for mode in (builtin, "nsctl"):
+        added = {
+            phase: median(results[mode][phase]) - median(results["none"][phase]) for phase in PHASES
+        }
+        lines.append(
+            f"per job, added by {label(mode)} (logs, vs no isolation): start "
+            f"{added['start']:+.0f} ms, task {added['task']:+.0f} ms, end {added['end']:+.0f} ms"
         )
-    plot(results, args.plot, args.n)
-    print(f"plot: {args.plot}")
+    return lines
+
+
+def plot(all_results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4.2))
+    if len(all_results) == 1:
+        axes = [axes]
+    for axis, (version, results) in zip(axes, all_results.items()):
+        walls = [results[mode]["wall"] for mode in results]
+        axis.boxplot(walls, showfliers=True)
+        axis.set_xticks(range(1, len(results) + 1), [label(mode) for mode in results])
+        for i, values in enumerate(walls, start=1):
+            axis.scatter([i + (j % 7 - 3) * 0.03 for j in range(len(values))], values, s=6,
+                         alpha=0.5)  # fmt: skip
+        axis.set_ylabel("ms")
+        axis.set_title(f"Slurm {version}: srun -Q true, wall time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slurm", nargs="+", choices=slurmlab.VERSIONS,
+                        default=["22.05", "26.05"], help="[22.05 26.05]")  # fmt: skip
+    parser.add_argument("-n", type=int, default=60, help="jobs per mode and version [60]")
+    parser.add_argument("--block", type=int, default=10, help="jobs per block [10]")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured jobs per block [2]")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("jobstart.png"))
+    args = parser.parse_args()
+
+    all_results = {}
+    for version in args.slurm:
+        all_results[version] = run_version(version, args.n, args.block, args.warmup)
+        print("\n".join(report(version, all_results[version])) + "\n", flush=True)
+    try:
+        plot(all_results, args.plot)
+    except ImportError:
+        print("(no matplotlib: no plot)")
+    else:
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
