@@ -13,8 +13,10 @@ is set up and torn down by nsctl, and by a shell script doing the same with util
 
 Each of the four commands runs as a fresh process, as a Prolog or Epilog would, N times,
 interleaved (nsctl first in even rounds, shell first in odd ones) so drift in machine load hits
-both alike; `python3 -c pass` is timed in the same rounds as the interpreter's floor. Prints
-medians, minimums and the nsctl/shell ratio.
+both alike; `python3 -I -S -c pass` (how the launchers start the interpreter) is timed in the
+same rounds as the floor. Prints medians, minimums, each command's ratio to the floor and the
+nsctl/shell ratio. The Epilog returns once the job's directory is moved aside and its deleter
+detached (what Slurm waits for); the deleters finish before the benchmark checks for leftovers.
 
 Inside a nested mount namespace `unshare --mount=FILE` fails at random with EINVAL (see
 docs/slurm-lab.md, "A kernel fact"); the shell script retries it on the next CPU (taskset), as
@@ -128,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     nsctl = nsctl_command(args.nsctl)
     times: dict[str, list[float]] = {
-        k: [] for k in ("python", "nsctl setup", "nsctl teardown", "shell setup", "shell teardown")
+        k: [] for k in ("floor", "nsctl setup", "nsctl teardown", "shell setup", "shell teardown")
     }
     retries = 0
 
@@ -156,9 +158,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         retries = 0
         for n in range(args.runs):
             job = str(100 + n)
-            times["python"].append(timed([sys.executable, "-c", "pass"], env)[0])
+            times["floor"].append(timed([sys.executable, "-I", "-S", "-c", "pass"], env)[0])
             for step in (run_nsctl, run_shell) if n % 2 == 0 else (run_shell, run_nsctl):
                 step(job)
+        deadline = time.monotonic() + 60  # the Epilog's detached deleters
+        while os.path.isdir(base_nsctl) and os.listdir(base_nsctl) and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         leftovers = os.listdir(base_shell) + (
             os.listdir(base_nsctl) if os.path.isdir(base_nsctl) else []
@@ -174,22 +179,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"Python {platform.python_version()}, Linux {platform.release()}, {os.cpu_count()} CPUs")
     print(f"load average {os.getloadavg()[0]:.1f}; {args.runs} rounds; nsctl = {' '.join(nsctl)}")
     print(f"shell unshare --mount=FILE retries after EINVAL: {retries} in {args.runs} setups\n")
-    print(f"| {'command':<22} | {'median':>10} | {'min':>10} |")
-    print(f"|{'-' * 24}|{'-' * 11}:|{'-' * 11}:|")
-    for key, values in times.items():
-        label = "python3 -c pass" if key == "python" else key
-        print(f"| {label:<22} | {ms(values, statistics.median):>10} | {ms(values, min):>10} |")
+    floor = statistics.median(times["floor"])
     cycle = {
-        who: [u + d for u, d in zip(times[f"{who} setup"], times[f"{who} teardown"])]
+        f"{who} setup+teardown": [
+            u + d for u, d in zip(times[f"{who} setup"], times[f"{who} teardown"])
+        ]
         for who in ("nsctl", "shell")
     }
-    for who in ("nsctl", "shell"):
-        label = f"{who} setup+teardown"
+    print(f"| {'command':<24} | {'median':>10} | {'min':>10} | {'x floor':>8} |")
+    print(f"|{'-' * 26}|{'-' * 11}:|{'-' * 11}:|{'-' * 9}:|")
+    for key, values in {**times, **cycle}.items():
+        label = "python3 -I -S -c pass" if key == "floor" else key
         print(
-            f"| {label:<22} | {ms(cycle[who], statistics.median):>10} | {ms(cycle[who], min):>10} |"
+            f"| {label:<24} | {ms(values, statistics.median):>10} | {ms(values, min):>10} | "
+            f"{statistics.median(values) / floor:>8.2f} |"
         )
-    ratio = statistics.median(cycle["nsctl"]) / statistics.median(cycle["shell"])
-    ratio_min = min(cycle["nsctl"]) / min(cycle["shell"])
+    nsctl, shell = cycle["nsctl setup+teardown"], cycle["shell setup+teardown"]
+    ratio = statistics.median(nsctl) / statistics.median(shell)
+    ratio_min = min(nsctl) / min(shell)
     print(f"\nnsctl / shell (setup+teardown): {ratio:.2f} by median, {ratio_min:.2f} by minimum")
     return 0
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py makes enums, an import each Prolog pays
 import errno
-import fcntl
+import gc
 import os
-import select
 import stat
-import sys
 import time
 
-from . import fsafe, holder, libc, plan, procfs
+from . import fsafe, libc, plan, procfs
 from .errors import InputError, SetupError, TeardownError
 from .layout import (
     NS_JOIN_ORDER,
@@ -33,7 +31,6 @@ from .layout import (
     trash_name,
 )
 from .record import Record
-from .scripts import run_script
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,7 +93,8 @@ class _Lock:
                 raise TeardownError(f"lock {path}: {exc.strerror}{where}") from None
             raise SetupError(f"lock {path}", f"{exc.strerror}{where}") from None
         try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, self.offset)
+            os.lseek(self.fd, self.offset, os.SEEK_SET)  # lockf(3): POSIX locks from here on
+            os.lockf(self.fd, os.F_LOCK, 1)
         except _Interrupted as exc:  # SIGTERM while a concurrent run of this job holds it
             os.close(self.fd)
             raise SetupError(f"wait for lock {name}", f"interrupted by {exc}") from None
@@ -177,6 +175,13 @@ def _make_marker(op: plan.MakeMarker, state: _SetupState) -> None:
     os.close(
         os.open(op.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     )
+
+
+def run_script(name: str, path: str, env: dict, timeout: float, log: Log):
+    """scripts.run_script, its module loaded only for a job that has a script."""
+    from . import scripts
+
+    return scripts.run_script(name, path, env, timeout, log)
 
 
 def _check_target(op: plan.CheckTarget, state: _SetupState) -> None:
@@ -351,9 +356,7 @@ def _ns_number(path: str) -> Optional[int]:
     except OSError:
         return None
     try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, _NS_GET_ID, buf)
-        return int.from_bytes(buf, sys.byteorder)
+        return libc.ioctl_u64(fd, _NS_GET_ID)
     except OSError:
         return None
     finally:
@@ -448,6 +451,8 @@ def _child_main(
             os._exit(1)
     _send(status_fd, "ok")
     if op.holder:
+        from . import holder  # loaded by _create_once, before the mounts
+
         os.close(go_fd)
         holder.become_holder(op.job_id, status_fd, program_fd)
     os._exit(0)
@@ -462,7 +467,7 @@ class _Reader:
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buffer:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+            if left <= 0 or not libc.readable(self.fd, left):
                 raise SetupError("namespace child", f"no answer within {timeout:g} s")
             chunk = os.read(self.fd, 4096)
             if not chunk:
@@ -492,6 +497,10 @@ def _error_of(line: str) -> str:
 
 
 def _create_once(op: plan.CreateNamespaces, program_fd: Optional[int], log) -> tuple[int, str]:
+    if op.holder:
+        # Loaded here, for the child: after its mounts nsctl's own files may be out of its
+        # sight (a venv under /tmp), and only jobs with a holder pay for the module.
+        from . import holder  # noqa: F401
     go_read, go_write = os.pipe()
     status_read, status_write = os.pipe()
     child = os.fork()
@@ -1131,6 +1140,8 @@ def _delete_tree(
         except FileNotFoundError:
             return
         try:
+            import fcntl  # the detached deleter only
+
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -1180,6 +1191,7 @@ def run_detached(work: Callable[[], object], keep: tuple[int, ...] = ()) -> int:
     if child:
         return child
     try:
+        gc.enable()  # the launchers turn it off for their few ms; this child may run for long
         os.setsid()
         _detach_stdio(keep)
         try:

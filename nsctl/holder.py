@@ -19,6 +19,7 @@ Everything here runs in the forked namespace child, after its mounts are made.
 from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py makes enums, an import each Prolog pays
+import gc
 import os
 
 TYPE_CHECKING = False
@@ -84,6 +85,7 @@ def become_holder(job_id: str, status_fd: int, program_fd: Optional[int] = None)
     _detach(keep=(status_fd,) if program_fd is None else (status_fd, program_fd))
     name = title(job_id)
     if program_fd is None:
+        gc.enable()  # the launchers turn it off for their few ms; a holder runs for the job
         set_title(name)
         os.close(status_fd)
         _reap_forever()

@@ -1,4 +1,5 @@
-"""ctypes over libc: mount, umount2, unshare, setns, prctl. Errors become OSError with the path.
+"""ctypes over libc: mount, umount2, unshare, setns, prctl, ioctl, poll. Errors become OSError
+with the path.
 
 Loaded once with ``use_errno``; every wrapper turns -1 into ``OSError(errno, strerror, path)``
 and retries EINTR. Flags are ``unsigned long`` as mount(2) declares them.
@@ -40,6 +41,10 @@ _libc.prctl.argtypes = (
 _libc.prctl.restype = ctypes.c_int
 _libc.sched_getcpu.argtypes = ()
 _libc.sched_getcpu.restype = ctypes.c_int
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+_libc.ioctl.restype = ctypes.c_int
+_libc.poll.argtypes = (ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int)
+_libc.poll.restype = ctypes.c_int
 
 
 class MS:
@@ -158,6 +163,28 @@ def set_idle_io_priority() -> bool:
         ctypes.c_int(IOPRIO_CLASS_IDLE << 13),
     )
     return result == 0
+
+
+def ioctl_u64(fd: int, request: int) -> int:
+    """An ioctl that fills in one __u64 (NS_GET_ID); fcntl.ioctl would cost the Prolog a
+    module to load."""
+    value = ctypes.c_uint64()
+    _call(_libc.ioctl, fd, request, ctypes.byref(value))
+    return value.value
+
+
+class _PollFd(ctypes.Structure):
+    _fields_ = (("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short))
+
+
+_POLLIN = 0x1
+
+
+def readable(fd: int, timeout: float) -> bool:
+    """poll(2): True once ``fd`` can be read (data or end of file), False after ``timeout``
+    seconds (rounded up to the next ms). select.select would cost the Prolog a module to load."""
+    entry = _PollFd(fd, _POLLIN, 0)
+    return _call(_libc.poll, ctypes.byref(entry), 1, max(0, int(timeout * 1000) + 1)) > 0
 
 
 def sched_getcpu() -> int:

@@ -9,7 +9,7 @@ nsctl build (its version and its config and validation rules' files); the entry 
 file's exact text and is used only while the file still reads the same (a key of stat fields
 could miss a same-size rewrite within one clock tick). Only a cache miss (the file changed,
 nsctl was upgraded, or the node rebooted and /run was emptied) parses the file and runs the
-full validator; every later job reads one small JSON file.
+full validator; every later job reads one small file in marshal's format.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import marshal
 import os
 import stat
 import sys
-import zlib
 
 from . import __version__, config
 from .errors import ConfigError
@@ -45,13 +44,18 @@ def _rules() -> str:
     return f"{__version__}:{sys.version_info[0]}.{sys.version_info[1]}:{':'.join(marks)}"
 
 
-def _cache_name(path: str, node: str, hostname: str, fmt: str, version: str) -> str:
-    # One entry per (nsctl build, file, format, Slurm version, node, %h); the entry holds the
-    # file's exact text, so a cheap checksum of the key is enough for the name (no hashlib on
-    # the Prolog path).
-    key = f"{_rules()}\0{os.path.realpath(path)}\0{fmt}\0{version}\0{node}\0{hostname}"
-    key = key.encode()
-    return f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.cache"
+def _cache_key(path: str, node: str, hostname: str, fmt: str, version: str) -> str:
+    """One entry per nsctl build, file, format, Slurm version, node and %h."""
+    return f"{_rules()}\0{os.path.realpath(path)}\0{fmt}\0{version}\0{node}\0{hostname}"
+
+
+def _cache_name(key: str) -> str:
+    # The entry holds its whole key and the file's exact text, so the name needs only a cheap
+    # hash (64-bit FNV-1a; hashlib or zlib would cost the Prolog a module to load).
+    value = 0xCBF29CE484222325
+    for byte in key.encode():
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}.cache"
 
 
 def _cache_dir(env) -> Optional[int]:
@@ -65,9 +69,9 @@ def _cache_dir(env) -> Optional[int]:
         return None
 
 
-def _read_cache(cache: int, name: str, source: str) -> Optional[config.NodeConfig]:
+def _read_cache(cache: int, key: str, source: str) -> Optional[config.NodeConfig]:
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cache)
+        fd = os.open(_cache_name(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cache)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
@@ -80,20 +84,24 @@ def _read_cache(cache: int, name: str, source: str) -> Optional[config.NodeConfi
             data = marshal.loads(handle.read())
             if data["source"] != source:  # the file changed since: this entry is stale
                 return None
+            if data["key"] != key:  # another entry whose key hashes alike
+                return None
             return config.from_dict(data["config"], data["origins"])
         except (ValueError, KeyError, TypeError, EOFError):
             return None
 
 
-def _write_cache(cache: int, name: str, source: str, resolved: config.NodeConfig) -> None:
+def _write_cache(cache: int, key: str, source: str, resolved: config.NodeConfig) -> None:
     """The resolved config as plain data in marshal's format: read back with one call, no
     parser to import (json costs a Prolog an import)."""
+    name = _cache_name(key)
     tmp = f"{name}.{os.getpid()}.tmp"
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600, dir_fd=cache)
         with os.fdopen(fd, "wb") as handle:
             entry = {
+                "key": key,
                 "source": source,
                 "config": config.to_dict(resolved),
                 "origins": dict(resolved.origins),
@@ -137,10 +145,10 @@ def load_node_config(
         # nodes: read it only for a config that uses %h (it never matters otherwise).
         hostname = config.node_hostname(node, env) if "%h" in text else node
     cache = _cache_dir(env) if use_cache else None
-    name = _cache_name(path, node, hostname, fmt, slurm_version or "")
+    key = _cache_key(path, node, hostname, fmt, slurm_version or "")
     try:
         if cache is not None:
-            cached = _read_cache(cache, name, text)
+            cached = _read_cache(cache, key, text)
             if cached is not None:
                 return cached
         # Validate exactly the text that was compared and will be cached: no window between.
@@ -164,7 +172,7 @@ def load_node_config(
         else:
             resolved = config.resolve(checked.data, node, hostname)
         if cache is not None:
-            _write_cache(cache, name, text, resolved)
+            _write_cache(cache, key, text, resolved)
         return resolved
     finally:
         if cache is not None:

@@ -111,8 +111,16 @@ def holders(pid_ns: NsId, pid: int = 0, start: str = "") -> list[int]:
 
 def in_mount_ns(mnt_ns: NsId) -> list[int]:
     """Every live process whose mount namespace is ``mnt_ns`` (never ourselves, never pid 1)."""
-    me = os.getpid()
-    return [p for p in pids() if p not in (1, me) and process_ns(p, "mnt") == mnt_ns and alive(p)]
+    me, found = os.getpid(), []
+    for pid in pids():  # one stat per process (an Epilog's path: no record per process)
+        try:
+            st = os.stat(f"/proc/{pid}/ns/mnt")
+        except OSError:
+            continue
+        same = st.st_ino == mnt_ns.ino and st.st_dev == mnt_ns.dev
+        if same and pid not in (1, me) and alive(pid):
+            found.append(pid)
+    return found
 
 
 def mount_namespaces() -> dict[NsId, int]:
