@@ -82,6 +82,22 @@ def observations(lab: slurmlab.Lab) -> dict[str, dict[str, object]]:
 
 
 @pytest.fixture(scope="session", params=slurmlab.VERSIONS, ids=IDS)
+def cgroup_lab(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
+    """A one-node cluster for configure(cgroups=True). The host's cgroup v1 hierarchies are
+    shared by every lab, and Slurm's cgroups are named after the node (slurm_<NodeName>): its
+    node name is this lab's alone (version and test-run pid), and stop() removes its cgroups."""
+    version = request.param
+    prefix = f"cg{version.replace('.', '')}x"
+    # What a killed run of this fixture left (its labs' processes died with it).
+    for stale in slurmlab.CGROUP_ROOT.glob(f"*/slurm_{prefix}*"):
+        pid = stale.name.removeprefix(f"slurm_{prefix}")
+        if pid.isdigit() and not slurmlab.pid_alive(int(pid)):
+            slurmlab.remove_cgroups([stale])
+    node = f"{prefix}{os.getpid()}"
+    yield from run_lab(slurmlab.Lab(version, nodes=(node,), name=f"slurm-{version}-cg"))
+
+
+@pytest.fixture(scope="session", params=slurmlab.VERSIONS, ids=IDS)
 def cluster3(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
     """Three slurmd nodes n1, n2, n3 (own hostnames, addresses, /run, local disk) and one
     slurmctld."""
