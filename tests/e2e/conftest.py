@@ -81,6 +81,26 @@ def observations(lab: slurmlab.Lab) -> dict[str, dict[str, object]]:
     return {}
 
 
+def cgroup_node(prefix: str) -> str:
+    """A node name no other lab uses (the prefix and this test run's pid), for a lab with
+    configure(cgroups=True): the host's cgroup v1 hierarchies are shared by every lab, and
+    Slurm's cgroups are named after the node (slurm_<NodeName>). Clears what a killed run
+    with this prefix left (its labs' processes died with it)."""
+    for stale in slurmlab.CGROUP_ROOT.glob(f"*/slurm_{prefix}*"):
+        pid = stale.name.removeprefix(f"slurm_{prefix}")
+        if pid.isdigit() and not slurmlab.pid_alive(int(pid)):
+            slurmlab.remove_cgroups([stale])
+    return f"{prefix}{os.getpid()}"
+
+
+@pytest.fixture(scope="session", params=slurmlab.VERSIONS, ids=IDS)
+def cgroup_lab(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
+    """A one-node cluster for configure(cgroups=True); stop() removes its cgroups."""
+    version = request.param
+    node = cgroup_node(f"cg{version.replace('.', '')}x")
+    yield from run_lab(slurmlab.Lab(version, nodes=(node,), name=f"slurm-{version}-cg"))
+
+
 @pytest.fixture(scope="session", params=slurmlab.VERSIONS, ids=IDS)
 def cluster3(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
     """Three slurmd nodes n1, n2, n3 (own hostnames, addresses, /run, local disk) and one
@@ -90,8 +110,9 @@ def cluster3(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
 
 @pytest.fixture(scope="module", params=slurmlab.VERSIONS, ids=IDS)
 def pam_lab(request: pytest.FixtureRequest) -> Iterator[slurmlab.Lab]:
-    """A one-node lab of its own for test_pam.py, node ``pam1``: with proctrack/cgroup, Slurm's
-    cgroups on the host's hierarchies are named after the node, so no other lab may share it."""
-    lab = slurmlab.Lab(request.param, nodes=("pam1",), hostnames=("pamnode",),
+    """A one-node lab of its own for test_pam.py, with proctrack/cgroup (its node name its
+    own, see cgroup_node)."""
+    node = cgroup_node(f"pam{request.param.replace('.', '')}x")
+    lab = slurmlab.Lab(request.param, nodes=(node,), hostnames=("pamnode",),
                        name=f"pam-{request.param}")  # fmt: skip
     yield from run_lab(lab)

@@ -1,13 +1,12 @@
 """Issue 11: an ssh login adopted into a job by pam_slurm_adopt lands in the job's nsctl namespaces.
 
-Each Slurm version gets a lab of its own (node ``pam1``: Slurm's cgroups, made by proctrack/cgroup
-on the host's v1 hierarchies as pam_slurm_adopt needs, are named after the node, and no other
-lab uses that name). On the node the tests start Debian's sshd with pam_slurm_adopt and pam_nsctl
-in its account stack, as contrib/slurm/README.md says, in the node's mount namespace (where the
-Prolog binds the namespace files), with a PAM file and a /dev/log of the tests' bound there (the
-lab's /dev is the host's), and log in from the controller's side of the lab as the job user with
-a key pair made here.
-"""
+Each Slurm version gets a lab of its own, with a node name of its own: Slurm's cgroups, made by
+proctrack/cgroup on the host's v1 hierarchies as pam_slurm_adopt needs, are named after the node,
+and no other lab uses that name. On the node the tests start Debian's sshd with pam_slurm_adopt and
+pam_nsctl in its account stack, as contrib/slurm/README.md says, in the node's mount namespace
+(where the Prolog binds the namespace files), with a PAM file and a /dev/log of the tests' bound
+there (the lab's /dev is the host's), and log in from the controller's side of the lab as the job
+user with a key pair made here."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ from slurmlab import Lab, Result
 from nsctl.layout import parse_index
 
 PORT = 2222
-NODE = "pam1"
 SSHD = "/usr/sbin/sshd"
 
 # Runs sshd on the node, in the node's mount namespace: the one where the Prolog binds the job's
@@ -241,7 +239,7 @@ class Sshd:
 @pytest.fixture(scope="module")
 def sshd(pam_lab: Lab) -> Iterator[Sshd]:
     pam_lab.configure("nsctl", namespace_yaml(pam_lab), cgroups=True)
-    server = Sshd(pam_lab, NODE)
+    server = Sshd(pam_lab, pam_lab.node)
     server.prepare()
     server.start()
     try:

@@ -26,8 +26,10 @@
  *     the task is inside every namespace of the job, or fail it.
  * So each task is forked straight into the job's namespaces by slurmstepd itself: no extra
  * process, and the task is the process slurmstepd puts into the step's cgroup, tracks, signals
- * and accounts. (SlurmdParameters=contain_spank runs these hooks in a clone of slurmstepd, where
- * the joins cannot reach the tasks: nsctl needs it off, its default.)
+ * and accounts. (SlurmdParameters=contain_spank runs user_init, task_post_fork and task_exit in
+ * a clone of slurmstepd, where a PID namespace set for children places only the clone's: a job
+ * with a PID namespace then fails every task, saying why. nsctl needs it off, its default; the
+ * mount namespace, joined in slurm_spank_init, which is never cloned, is not affected.)
  *
  * All policy lives in nsctl (Python). This plugin only reads nsctl's runtime index entry for the
  * job (contrib/common/nsctl_join.c, shared with the PAM module) and joins what it names:
@@ -68,6 +70,7 @@ static int joined;		 /* slurm_spank_init joined this step's thread to `job` */
 static int own_pid_ns = -1;	 /* slurmstepd's own PID and mount namespaces, to return to */
 static int own_mnt_ns = -1;
 static int children_in_job;	 /* the thread's children go to the job's PID namespace */
+static pid_t stepd_pid;		 /* slurmstepd itself, where slurm_spank_init runs */
 static char failure[PATH_MAX + 256]; /* why this step's tasks cannot join, reported by each */
 
 static int parse_args(int ac, char **av, char *index_dir, size_t size)
@@ -106,6 +109,7 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 
 	if (!spank_remote(sp))
 		return 0; /* srun, sbatch, salloc: nothing to join */
+	stepd_pid = getpid();
 	if (parse_args(ac, av, index_dir, sizeof(index_dir)))
 		return -1;
 	if (spank_get_item(sp, S_JOB_ID, &job_id) != ESPANK_SUCCESS || job_id == 0 ||
@@ -169,6 +173,15 @@ int slurm_spank_user_init(spank_t sp, int ac, char **av)
 	(void)av;
 	if (!joined || !nsctl_has(&job, NSCTL_PID))
 		return 0;
+	if (getpid() != stepd_pid) {
+		/* SlurmdParameters=contain_spank: a clone that shares our memory (so each task still
+		 * sees this failure) but not the thread that forks the tasks. */
+		snprintf(failure, sizeof(failure),
+			 "SlurmdParameters=contain_spank runs slurm_spank_user_init outside slurmstepd, "
+			 "so no task can be forked into the job's PID namespace: turn it off");
+		slurm_error("nsctl: job %u: %s", job.job_id, failure);
+		return 0; /* each task fails, where the job's stderr shows why */
+	}
 	if (euid != 0 && seteuid(0) < 0) {
 		slurm_error("nsctl: job %u: cannot regain root to join the PID namespace: %s",
 			    job.job_id, strerror(errno));
