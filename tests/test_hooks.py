@@ -289,3 +289,48 @@ def test_prolog_and_epilog_from_a_job_container_conf_never_load_a_yaml_parser(la
     cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert (cold.returncode, cold.stdout) == (0, "[]\n"), cold.stderr
     assert lab.index_entries() == [] and lab.job_files() == []
+
+
+IN_PROCESS = """
+import os, sys
+sys.path[:0] = sys.argv[2:]
+from nsctl.hooks import run_setup
+
+def no_fork():
+    raise AssertionError("setup forked")
+
+def ns(path):
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+home = ns("/proc/self/ns/mnt")
+os.fork = no_fork
+code = run_setup()
+job = ns(sys.argv[1]) if os.path.exists(sys.argv[1]) else None
+print(code, ns("/proc/self/ns/mnt") == home, job is not None and job != home)
+"""
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["ok", "failing-mount"])
+def test_a_mount_namespace_alone_is_made_without_a_child(lab, broken):
+    """A default job (a mount namespace, no PID or user namespace): setup forks nothing and
+    ends in the mount namespace it started in, also when a mount in the job's fails."""
+    import sysconfig
+
+    config = DEFAULT_CONFIG
+    if broken:  # a uid the kernel refuses (2^32 and more): a mount in the new namespace fails
+        config += "  dir_confs:\n    - path: /dev/shm\n      tmpfs: true\n"
+        config += '      options: "uid=99999999999"\n'
+    lab.write_config(config)
+    paths = [str(pathlib.Path(__file__).parent.parent), sysconfig.get_paths()["purelib"]]
+    ns_file = os.path.join(lab.base, "65", ".ns", "mnt")
+    argv = [sys.executable, "-I", "-S", "-c", IN_PROCESS, ns_file, *paths]
+    env = {**slurm_env(lab, "65"), "PATH": os.environ["PATH"]}
+    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if broken:
+        assert result.stdout == "1 True False\n", result.stderr
+        assert "setup failed: namespace setup: mount a fresh tmpfs on /dev/shm" in result.stderr
+    else:
+        assert result.stdout == "0 True True\n", result.stderr
+        assert hook("nsctl-epilog", "--wait", env=slurm_env(lab, "65")).returncode == 0
+    assert lab.index_entries() == [] and lab.job_files() == []
