@@ -844,6 +844,7 @@ class _TeardownState:
         self.leftovers: list[str] = []
         self.moved: list[str] = []  # trees moved aside, to delete
         self.tmpfs: list[tuple[int, tuple[str, ...]]] = []  # (mnt ns fd, tmpfs dirs) to measure
+        self.strays: list[tuple[int, str]] = []  # (mnt ns fd, B/J) whose processes to kill
         self.afterwards: Optional[Callable[[], object]] = None  # run by the deleter, at the end
 
     def left(self, path: str, message: str) -> None:
@@ -856,9 +857,9 @@ class _TeardownState:
             if job_dir:
                 os.close(job_dir.fd)
                 os.close(job_dir.parent)
-        for fd, _ in self.tmpfs:
+        for fd, _ in self.tmpfs + self.strays:
             os.close(fd)
-        self.tmpfs = []
+        self.tmpfs, self.strays = [], []
 
 
 def _open_owned(path: str, expected_id: str, what: str, state: _TeardownState) -> Optional[_JobDir]:
@@ -965,9 +966,22 @@ def _td_kill_processes(op: plan.KillJobProcesses, state: _TeardownState) -> None
     job_dir = state.dirs.get(op.job_dir)
     if job_dir is None or op.job_dir in state.pid_ns:
         return
-    mnt_ns = procfs.ns_id(_fd_path(job_dir.fd, ".ns", "mnt"))
+    ns_file = _fd_path(job_dir.fd, ".ns", "mnt")
+    mnt_ns = procfs.ns_id(ns_file)
     if mnt_ns is None:
         return
+    if not op.now:
+        # A scan of every process costs the Epilog ~1 ms per 500 of them: the deleter does it.
+        # Its descriptor keeps the namespace, and so its id, from being freed and reused.
+        try:
+            state.strays.append((os.open(ns_file, os.O_RDONLY | os.O_CLOEXEC), op.job_dir))
+        except OSError:
+            pass
+        return
+    _kill_in_mount_ns(mnt_ns, op.job_dir, state)
+
+
+def _kill_in_mount_ns(mnt_ns: procfs.NsId, job_dir: str, state: _TeardownState) -> None:
     deadline = time.monotonic() + KILL_WAIT
     killed: set[int] = set()
     while True:
@@ -976,8 +990,8 @@ def _td_kill_processes(op: plan.KillJobProcesses, state: _TeardownState) -> None
             break
         if time.monotonic() > deadline:
             state.left(
-                op.job_dir,
-                f"processes {sorted(pids)} in the mount namespace of {op.job_dir} did not die "
+                job_dir,
+                f"processes {sorted(pids)} in the mount namespace of {job_dir} did not die "
                 "after SIGKILL",
             )
             return
@@ -1118,21 +1132,22 @@ def _move_aside(job_dir: _JobDir, state: _TeardownState) -> None:
 
 def _td_delete_moved(op: plan.DeleteMovedAside, state: _TeardownState) -> None:
     moved, tmpfs, log, afterwards = list(state.moved), state.tmpfs, state.log, state.afterwards
+    strays = state.strays
     if op.wait:
-        state.leftovers += delete_moved(moved, op.dirs, tmpfs, log, op.job_id)
-        state.tmpfs = []
+        state.leftovers += delete_moved(moved, op.dirs, tmpfs, log, op.job_id, strays)
+        state.tmpfs, state.strays = [], []
         if afterwards is not None:
             afterwards()
         return
-    if not moved and afterwards is None:
+    if not moved and not strays and afterwards is None:
         return
 
     def work() -> None:
-        delete_moved(moved, op.dirs, tmpfs, None, op.job_id)
+        delete_moved(moved, op.dirs, tmpfs, None, op.job_id, strays)
         if afterwards is not None:
             afterwards()
 
-    pid = run_detached(work, keep=tuple(fd for fd, _ in tmpfs))
+    pid = run_detached(work, keep=tuple(fd for fd, _ in tmpfs + strays))
     if moved:
         log.info("deleting the job's files in the background (pid %d)", pid)
 
@@ -1143,9 +1158,11 @@ def delete_moved(
     tmpfs: list[tuple[int, tuple[str, ...]]],
     log: Optional[Log],
     job_id: str,
+    strays: list[tuple[int, str]] = (),
 ) -> list[str]:
-    """Measure the tmpfs dirs (through their mount namespace's descriptor, which is closed
-    then), delete the trees moved aside, log the usage line; return what could not be removed.
+    """Kill the processes left in the ``strays`` mount namespaces, measure the tmpfs dirs
+    (through their mount namespace's descriptor; each is closed then), delete the trees moved
+    aside, log the usage line; return what could not be removed.
 
     Each tree is locked (flock) while it is deleted, so that nsctl gc, which finishes deletions
     a reboot interrupted, leaves alone one that is being deleted. ``log`` None: this is the
@@ -1154,13 +1171,19 @@ def delete_moved(
     from .log import job_logger
 
     log = log or job_logger(job_id)
+    state = _TeardownState(plan.TeardownPlan(job_id, ()), log, run_epilog=False)
+    for fd, job_dir in strays:
+        try:
+            st = os.fstat(fd)
+            _kill_in_mount_ns(procfs.NsId(st.st_dev, st.st_ino), job_dir, state)
+        finally:
+            os.close(fd)
     usage: dict[str, tuple[int, int]] = {}
     for fd, targets in tmpfs:
         try:
             usage.update(_tmpfs_usage_of(fd, targets))
         finally:
             os.close(fd)
-    state = _TeardownState(plan.TeardownPlan(job_id, ()), log, run_epilog=False)
     for path in moved:
         _delete_tree(path, dirs, usage, state)
     if usage:

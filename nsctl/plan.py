@@ -370,11 +370,13 @@ class KillHolder(Record):
 
 class KillJobProcesses(Record):
     job_dir: str
+    now: bool = True  # False: the detached deleter does it, before it deletes anything
 
     def describe(self) -> str:
+        when = "" if self.now else " (done by the background deleter, before it deletes)"
         return (
             f"without a PID namespace: kill every process whose mount namespace is "
-            f"{self.job_dir}/.ns/mnt, and wait until none is left"
+            f"{self.job_dir}/.ns/mnt, and wait until none is left{when}"
         )
 
 
@@ -517,7 +519,7 @@ def plan_teardown(
         ours = entry is not None and entry.job_dir == job_dir
         holder = (entry.holder_pid, entry.holder_start) if ours else ()
         ops += [OpenJobDir(job_dir, expected), KillHolder(job_dir, *holder)]
-        ops.append(KillJobProcesses(job_dir))
+        ops.append(KillJobProcesses(job_dir, wait))
         if ours and entry.tmpfs_dirs:
             ops.append(MeasureTmpfs(job_dir, entry.tmpfs_dirs))
         ops += [UnmountNsFiles(job_dir), RemoveJobDir(job_dir)]

@@ -243,6 +243,29 @@ def test_teardown_kills_processes_left_in_a_job_without_pid_namespace(lab):
     assert lab.job_files() == [] and lab.index_entries() == []
 
 
+def test_the_epilogs_deleter_kills_them_before_it_deletes(lab):
+    # Without --wait (as the Epilog runs) the scan of every process is the deleter's: the
+    # Epilog returns, then the daemon dies, then the job's files go.
+    lab.write_config(MNT_ONLY)
+    setup("622")
+    mnt_ns = _job_mnt_ns(lab, "622")
+    in_job("622", "setsid sleep 120 >/dev/null 2>&1 < /dev/null &")
+    left = procfs.in_mount_ns(mnt_ns)
+    assert left, "the job's daemon should be running"
+    result = ok(nsctl("teardown", "--job-id", "622"))
+    assert "deleting the job's files in the background" in result.stderr
+    assert "killing pid" not in result.stderr  # the deleter's line, not the Epilog's
+    deadline = time.monotonic() + 30
+    while (procfs.in_mount_ns(mnt_ns) or lab.job_files()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert procfs.in_mount_ns(mnt_ns) == []
+    assert all(proc_state(pid) in (None, "Z") for pid in left)
+    assert lab.job_files() == [] and lab.index_entries() == []
+    while live_children() and time.monotonic() < deadline:  # the deleter, orphaned to us
+        time.sleep(0.02)
+    assert live_children() == []
+
+
 def test_teardown_wins_against_a_process_writing_to_tmp_meanwhile(lab):
     lab.write_config(MNT_ONLY)
     writer = (
