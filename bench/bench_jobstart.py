@@ -17,7 +17,7 @@ read from the daemons' logs (SlurmdDebug=debug, 1 ms resolution):
          (Slurm's plugins tear down in the extern step, nsctl in the Epilog; the node takes the
          next job only after this)
 
-Run as root:  python3 bench/bench_jobstart.py [--slurm 22.05 26.05] [-n 60] [--block 10]
+Run as root:  python3 bench/bench_jobstart.py [--slurm 22.05 24.11 26.05] [-n 60] [--block 10]
 (Each srun is started in the lab through nsenter, which adds the same few ms to every mode.)
 With matplotlib importable (not a dependency of nsctl) it also draws --plot.
 """
@@ -191,8 +191,8 @@ def plot(all_results: dict[str, dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slurm", nargs="+", choices=slurmlab.VERSIONS,
-                        default=["22.05", "26.05"], help="[22.05 26.05]")  # fmt: skip
+    versions = list(slurmlab.VERSIONS)
+    parser.add_argument("--slurm", nargs="+", choices=versions, default=versions, help="[all]")
     parser.add_argument("-n", type=int, default=60, help="jobs per mode and version [60]")
     parser.add_argument("--block", type=int, default=10, help="jobs per block [10]")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured jobs per block [2]")

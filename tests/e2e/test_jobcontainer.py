@@ -9,8 +9,8 @@ accepts the file, Slurm must start and give the job what nsctl resolves; where n
 it, the refusal is a documented message (tests/test_jobcontainer_corpus.py checks that part,
 and the records, without Slurm).
 
-Written against the harness of tests/e2e/slurmlab.py (``Lab.configure("tmpfs",
-job_container_conf=...)``); it has not run yet.
+On the 22.05 lab only: the corpus records what 22.05 reads (later releases read some files
+differently, which jcconf's --slurm-version checks cover without Slurm).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ CASES = sorted(p.stem for p in CORPUS.glob("*.conf"))
 # to BasePath (slurm-lab.md), so a job's directory is BasePath/NodeName/JOBID there.
 MULTIPLE_SLURMD = True
 HOST_SHM_MARKER = Path("/dev/shm/nsctl-jcdiff-host")
+
+pytestmark = pytest.mark.parametrize("lab", ["22.05"], indirect=True, ids=["slurm-22.05"])
 
 
 @pytest.fixture(scope="module")
