@@ -229,6 +229,28 @@ def test_srun_ls_al_tmp_and_findmnt_of_each_private_dir(lab: Lab) -> None:
     assert seen["linux"]["stat"][0] == f"/tmp 700 {lab.user} root", seen
 
 
+# ---- the holder without a PID namespace ------------------------------------------------------
+
+
+def observe_holders(lab: Lab) -> dict[str, object]:
+    holder = re.compile(rb"(slurmstepd|nsctl): \[\d+:namespace\]")
+    with lab.running_job("true"):
+        during = [labns.cmdline(p) for p in lab.processes() if holder.match(labns.cmdline(p))]
+    return {"holders during the job": [holder_name(c.decode().rstrip("\0")) for c in during]}
+
+
+def test_holder_only_with_a_pid_namespace(lab: Lab) -> None:
+    """Deliberate (holder_only_with_pid): Slurm keeps a holder in every job, nsctl only with
+    CLONE_NEWPID; with it, both have one."""
+    seen = run_both(lab, config(lab), observe_holders)
+    assert seen["linux"] == {"holders during the job": ["<holder>"]}, seen
+    assert seen["nsctl"] == {"holders during the job": []}, seen
+    deliberate("holder_only_with_pid")
+    seen = run_both(lab, config(lab, "  clone_ns_flags: [CLONE_NEWPID]\n"), observe_holders)
+    assert_same(seen)
+    assert seen["linux"] == {"holders during the job": ["<holder>"]}, seen
+
+
 # ---- a PID namespace: ps -e ------------------------------------------------------------------
 
 PS_PROBE = (
