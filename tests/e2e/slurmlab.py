@@ -516,6 +516,36 @@ class Lab:
         pids = [pid for pid in self.processes() if exe_name(pid) == exe]
         return [pid for pid in pids if not (main and table.get(pid) in pids)]
 
+    def slurmd_pid(self, node: Optional[str] = None) -> Optional[int]:
+        """A node's main slurmd (not one of its forks), or None when it is not running."""
+        table = labns.process_table()
+        pids = [p for p in self.processes(node or self.node) if exe_name(p) == "slurmd"]
+        main = [p for p in pids if table.get(p) not in pids]
+        return main[0] if main else None
+
+    def stop_slurmd(
+        self, node: Optional[str] = None, sig: int = signal.SIGTERM, timeout: float = 20.0
+    ) -> None:
+        """Send sig to a node's slurmd and wait until it is gone; the jobs' slurmstepds stay.
+        The lab no longer runs what configure() last set up, so the next configure() restarts."""
+        pid = self.slurmd_pid(node)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while self.slurmd_pid(node) is not None:
+            if time.monotonic() > deadline:
+                raise LabError(f"slurmd on {node or self.node} still runs {timeout}s after {sig}")
+            time.sleep(0.02)
+        self.settings = None
+
+    def start_slurmd(self, node: Optional[str] = None) -> Result:
+        """Start a node's slurmd. It reads namespace.yaml after it has daemonized, so a config
+        it refuses shows as a slurmd that exits soon after (with a fatal line in its log)."""
+        node = node or self.node
+        return self.exec(["slurmd", "-f", str(self.conf), "-N", node],
+                         space=self.node_spaces[node], check=False)  # fmt: skip
+
     def daemons_alive(self) -> bool:
         ctld, slurmd = (
             self.daemon_pids("slurmctld", main=True),
