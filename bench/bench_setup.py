@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import pwd
 import shutil
 import statistics
 import subprocess
@@ -129,14 +130,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         "SLURMD_NODENAME": "bench",
     }
     nsctl = nsctl_command(args.nsctl)
+    user = pwd.getpwnam(args.user)
+    ids = {"SLURM_JOB_UID": str(user.pw_uid), "SLURM_JOB_GID": str(user.pw_gid)}
     times: dict[str, list[float]] = {
         k: [] for k in ("floor", "nsctl setup", "nsctl teardown", "shell setup", "shell teardown")
     }
     retries = 0
 
     def run_nsctl(job: str) -> None:
-        # What Slurm runs: the Prolog/Epilog entry points, the job in the environment.
-        job_env = {**env, "SLURM_JOB_ID": job, "SLURM_JOB_USER": args.user}
+        # What Slurm runs: the Prolog/Epilog entry points, the job in the environment (slurmd
+        # gives both SLURM_JOB_UID/GID and SLURM_JOB_USER).
+        job_env = {**env, "SLURM_JOB_ID": job, "SLURM_JOB_USER": args.user, **ids}
         up, _ = timed([f"{nsctl[0]}-prolog"], job_env)
         down, _ = timed([f"{nsctl[0]}-epilog"], job_env)
         times["nsctl setup"].append(up)

@@ -189,4 +189,6 @@ def convert(doc: jcconf.Doc, source: str) -> str:
     if entries:
         out.append("node_confs:")
         out += entries
+    if not defaults and not entries:  # a namespace.yaml of comments alone: slurmd refuses it
+        out.append("defaults: {}  # nothing to set: no node gets private directories")
     return "\n".join(out) + "\n"

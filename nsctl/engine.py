@@ -166,9 +166,9 @@ def _bind_self_private(op: plan.BindSelfPrivate, state: _SetupState) -> None:
 
 
 def _make_ns_file(op: plan.MakeNsFile, state: _SetupState) -> None:
-    os.close(
-        os.open(op.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    )
+    # 0700, as Slurm's namespace/linux makes them (the mode of a mount point nobody reads)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(op.path, flags, 0o700))
 
 
 def _make_marker(op: plan.MakeMarker, state: _SetupState) -> None:

@@ -225,10 +225,10 @@ def parse(text: str, file: str) -> tuple[Any, list[Issue]]:
     if builder.first_alias:
         line, column = builder.first_alias
         message = (
-            "YAML aliases: Slurm's YAML reader refuses them, so slurmd would not start with "
-            "this file (nsctl expands them)"
+            "YAML aliases: Slurm's YAML reader refuses them, and slurmd does not start with "
+            "this file; write the values out"
         )
-        issues.append(Issue(file, line, column, "", message, "warning"))
+        issues.append(Issue(file, line, column, "", message))
     return builder.root, issues
 
 
@@ -788,9 +788,16 @@ _READERS = {
 }
 
 
+_NO_CONTENT = (
+    "the file has no configuration (it is empty, or only comments): Slurm's slurmd refuses it "
+    "and does not start; to turn isolation off, write 'defaults: {base_path: none}'"
+)
+
+
 def _read_document(doc: _Doc, root: Any) -> Any:
     if isinstance(root, Scalar) and root.plain and not root.tag and not root.text:
-        return None  # a lone "---": an empty document, like an empty file
+        doc.issue((), _NO_CONTENT, at=(1, 1))  # a lone "---"
+        return None
     doc.marks[()] = _raw_at(root) or (1, 1)
     data = _read_map(doc, root, (), cfg.TOP_OPTIONS)
     return None if data is _BAD else data
@@ -822,10 +829,8 @@ def _check_layout(doc: _Doc, merged: dict[str, cfg.Setting]) -> None:
         if norm == cfg.DEV_SHM and d.path != cfg.DEV_SHM:
             doc.issue(
                 d.where,
-                f"{d.path!r} is a tmpfs here because nsctl ignores trailing slashes; Slurm "
-                f"makes only the exact {cfg.DEV_SHM!r} a tmpfs and would bind-mount it: write "
-                f"{cfg.DEV_SHM}",
-                "warning",
+                f"write {cfg.DEV_SHM}, not {d.path!r}: Slurm makes only the exact "
+                f"{cfg.DEV_SHM!r} a tmpfs and bind-mounts {d.path!r} like any other directory",
             )
         if base and base.startswith("/"):
             if cfg.is_under(d.path, base) and not d.where:
@@ -923,6 +928,8 @@ def check_text(text: str, file: str) -> Checked:
     doc = _Doc(file)
     doc.issues = list(issues)
     data = None if root is None else _read_document(doc, root)
+    if root is None and not issues:  # no YAML error: nothing but comments and blank lines
+        doc.issue((), _NO_CONTENT, at=(1, 1))
     if isinstance(data, dict):
         _entry_checks(doc, data)
     ordered = sorted(doc.issues, key=lambda i: (i.line, i.column, i.severity != "error"))

@@ -517,17 +517,13 @@ def test_show_config_disabled_node_says_so_and_exits_zero(tmp_path):
     assert result.stderr == "nsctl is disabled on login2: base_path is none (node_confs[0])\n"
 
 
-def test_show_config_empty_file_disables(tmp_path):
+def test_show_config_refuses_a_file_without_configuration(tmp_path):
+    """As slurmd 26.05 refuses to start with it (the Prolog fails; base_path: none turns
+    isolation off)."""
     path = write(tmp_path / "ns.yaml", "# nothing here\n")
     result = run("show-config", "--config", path, "--node", "n1", "--format", "json")
-    assert result.exit_code == 0
-    assert json.loads(result.stdout) == {
-        "node": "n1",
-        "entry": None,
-        "enabled": False,
-        "reason": "namespace.yaml sets nothing",
-    }
-    assert result.stderr == "nsctl is disabled on n1: namespace.yaml sets nothing\n"
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"nsctl: error: {path} is not valid:\n{path}:1:1: the file")
 
 
 def test_show_config_refuses_an_invalid_file(tmp_path):

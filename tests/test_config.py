@@ -376,11 +376,12 @@ def test_dev_shm_is_always_tmpfs_and_ignores_its_base_path():
 
 
 def test_trailing_slashes_are_normalised():
-    resolved = resolve(
-        "defaults: {base_path: /var/ns/, dir_confs: [{path: /dev/shm/}, {path: /s//}]}"
-    )
+    resolved = resolve("defaults: {base_path: /var/ns/, dir_confs: [{path: /tmp/}, {path: /s//}]}")
     assert resolved.base_path == "/var/ns"
-    assert paths(resolved) == [("/dev/shm", True), ("/s", False)]
+    assert paths(resolved) == [("/tmp", False), ("/s", False)]
+    # (validate refuses /dev/shm/, which Slurm bind-mounts; resolve would make it a tmpfs)
+    unchecked = config.resolve({"defaults": {"base_path": "/v", "dirs": "/dev/shm/"}}, "n1")
+    assert paths(unchecked) == [("/dev/shm", True)]
     assert config.normalise_dir("/") == "/"
     assert config.normalise_dir("///") == "/"
 
@@ -758,7 +759,7 @@ def test_dir_specs_carry_where_each_directory_is_written():
         """
         defaults:
           base_path: /v
-          dirs: /a,/dev/shm/
+          dirs: /a,/dev/shm,/b/
         node_confs:
           - nodes: n1
             options:
@@ -770,7 +771,8 @@ def test_dir_specs_carry_where_each_directory_is_written():
     specs, source = config.dir_specs(config.merge(data, None))
     assert specs == [
         config.DirSpec("/a", False, "", None, ("defaults", "dirs")),
-        config.DirSpec("/dev/shm/", True, "", None, ("defaults", "dirs")),
+        config.DirSpec("/dev/shm", True, "", None, ("defaults", "dirs")),
+        config.DirSpec("/b/", False, "", None, ("defaults", "dirs")),
     ]
     assert source.origin == "defaults"
     specs, source = config.dir_specs(config.merge(data, 0))

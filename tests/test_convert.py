@@ -125,8 +125,8 @@ def test_an_empty_dirs_is_an_empty_dir_confs_and_then_a_nodes_dirs_is_a_list():
 def test_a_file_without_basepath_lines_has_nothing_on_the_other_nodes():
     out = assert_same_everywhere("AutoBasePath=yes\nNodeName=n1 BasePath=/b\n", ["n1", "n2"])
     assert "defaults:\n  auto_base_path: true  # line 1: AutoBasePath=yes\n" in out
-    empty = assert_same_everywhere("", ["n1"])
-    assert "defaults:" not in empty and "node_confs:" not in empty
+    empty = assert_same_everywhere("", ["n1"])  # comments alone would be refused by slurmd
+    assert "\ndefaults: {}  # nothing to set" in empty and "node_confs:" not in empty
 
 
 def test_entire_step_in_ns_is_a_note():

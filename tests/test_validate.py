@@ -14,6 +14,15 @@ from nsctl.validate import Issue
 F = "ns.yaml"
 
 
+NO_CONTENT = (
+    "the file has no configuration (it is empty, or only comments): Slurm's slurmd refuses it "
+    "and does not start; to turn isolation off, write 'defaults: {base_path: none}'"
+)
+ALIASES = (
+    "YAML aliases: Slurm's YAML reader refuses them, and slurmd does not start with this file; "
+    "write the values out"
+)
+
 def check(text: str) -> checker.Checked:
     return checker.check_text(textwrap.dedent(text).lstrip("\n"), F)
 
@@ -609,7 +618,7 @@ def test_keys_are_text_too():
 
 
 def test_a_lone_document_marker_or_a_null_root():
-    assert check("---\n").issues == () and check("---\n").data is None
+    assert lines("---\n") == [f"ns.yaml:1:1: {NO_CONTENT}"] and check("---\n").data is None
     assert lines("~\n") == ["ns.yaml:1:1: expected a mapping, got nothing (null)"]
 
 
@@ -721,30 +730,20 @@ def test_control_characters_in_base_paths_and_scripts():
 # where nsctl and Slurm would resolve the same file differently: warnings
 
 
-def test_dev_shm_with_a_trailing_slash_is_a_warning_and_no_collision():
-    """Issue 10: validate refused this although resolve makes /dev/shm/ a tmpfs (no backing
-    directory to collide with /dev_shm's); now both use config.dir_specs."""
+def test_dev_shm_with_a_trailing_slash_is_refused_and_no_collision():
+    """Slurm 26.05 bind-mounts /dev/shm/ (only the exact /dev/shm is a tmpfs), nsctl would make
+    it a tmpfs: refused, so that no file is read two ways (tests/configs/linux_corpus, 32). It
+    has no backing directory to collide with /dev_shm's (both use config.dir_specs)."""
     checked = check("defaults:\n  base_path: /v\n  dirs: /dev/shm/,/dev_shm\n")
-    assert checked.valid
     assert [str(i) for i in checked.issues] == [
-        "ns.yaml:3:3: defaults.dirs: warning: '/dev/shm/' is a tmpfs here because nsctl ignores "
-        "trailing slashes; Slurm makes only the exact '/dev/shm' a tmpfs and would bind-mount "
-        "it: write /dev/shm"
-    ]
-    resolved = config.resolve(checked.data, "n1")
-    assert [(d.path, d.tmpfs) for d in resolved.dir_confs] == [
-        ("/dev/shm", True),
-        ("/dev_shm", False),
+        "ns.yaml:3:3: defaults.dirs: write /dev/shm, not '/dev/shm/': Slurm makes only the "
+        "exact '/dev/shm' a tmpfs and bind-mounts '/dev/shm/' like any other directory"
     ]
 
 
-def test_aliases_are_a_warning_because_slurm_refuses_them():
+def test_aliases_are_refused_because_slurm_refuses_them():
     checked = check("defaults: &d\n  base_path: /v\nnode_confs:\n  - {nodes: n1, options: *d}\n")
-    assert checked.valid
-    assert [str(i) for i in checked.warnings] == [
-        "ns.yaml:4:26: warning: YAML aliases: Slurm's YAML reader refuses them, so slurmd would "
-        "not start with this file (nsctl expands them)"
-    ]
+    assert [str(i) for i in checked.issues] == [f"ns.yaml:4:26: {ALIASES}"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1194,8 +1193,7 @@ def test_recursive_aliases_are_reported_not_a_crash():
     assert lines("defaults: &x\n  base_path: *x\n") == [
         "ns.yaml:2:3: defaults.base_path: invalid YAML: an alias refers to a node that contains it",
         "ns.yaml:2:3: defaults.base_path: expected a string, got nothing (null)",
-        "ns.yaml:2:14: warning: YAML aliases: Slurm's YAML reader refuses them, so slurmd would "
-        "not start with this file (nsctl expands them)",
+        f"ns.yaml:2:14: {ALIASES}",
     ]
 
 
@@ -1240,9 +1238,10 @@ def test_fifty_levels_are_not_too_deep():
     assert lines(text) == ["ns.yaml:1:1: a: unknown key 'a'"]
 
 
-def test_plain_aliases_are_fine():
+def test_an_anchor_alone_is_fine_an_alias_is_not():
+    assert check("defaults: &d\n  base_path: /v\n").valid
     text = "defaults: &d\n  base_path: /v\nnode_confs:\n  - nodes: n1\n    options: *d\n"
-    assert check(text).valid
+    assert lines(text) == [f"ns.yaml:5:14: {ALIASES}"]
 
 
 @pytest.mark.parametrize(
@@ -1276,9 +1275,16 @@ def test_dates_are_text():
     )
 
 
-@pytest.mark.parametrize("text", ["", "# just a comment\n", "---\n", "{}"])
-def test_empty_documents_are_valid(text):
+@pytest.mark.parametrize("text", ["", "# just a comment\n", "\n\n", "---\n"])
+def test_a_file_without_configuration_is_refused_as_slurm_refuses_it(text):
+    """slurmd 26.05 does not start with an empty or comment-only namespace.yaml
+    (tests/configs/linux_corpus, 01 and 02)."""
     checked = checker.check_text(text, F)
+    assert [str(i) for i in checked.issues] == [f"ns.yaml:1:1: {NO_CONTENT}"]
+
+
+def test_an_empty_mapping_is_valid_and_isolates_nothing():
+    checked = checker.check_text("{}", F)
     assert checked.valid and checked.issues == ()
 
 
