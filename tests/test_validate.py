@@ -23,6 +23,7 @@ ALIASES = (
     "write the values out"
 )
 
+
 def check(text: str) -> checker.Checked:
     return checker.check_text(textwrap.dedent(text).lstrip("\n"), F)
 
