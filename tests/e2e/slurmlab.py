@@ -727,9 +727,14 @@ class Lab:
         daemonised)."""
         deadline = time.monotonic() + timeout
         seen: list[str] = []
+        gone_since: Optional[float] = None  # a daemon missing (for a moment as it forks)
         while time.monotonic() < deadline:
             if daemons and not self.daemons_alive():
-                raise LabError(f"a daemon exited while the nodes came up: {seen!r}")
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > 1:
+                    raise LabError(f"a daemon exited while the nodes came up: {seen!r}")
+            else:
+                gone_since = None
             res = self.admin("sinfo", "-h", "-N", "-o", "%t", check=False)
             seen = res.stdout.split()
             if seen == [state] * len(self.nodes):

@@ -186,7 +186,13 @@ def test_memory_limit_kills_the_task_the_same_way(cg: Lab, config: str, seen: di
 
 def test_scancel_leaves_no_process_and_no_cgroup(cg: Lab, config: str, seen: dict) -> None:
     with cg.running_job('sleep 600 &\necho "child $!"') as job:
-        (child,) = [p for p in cg.user_processes() if cmdline(p) == b"sleep\x00600\x00"]
+        deadline = time.monotonic() + 10  # the child may not have exec'd sleep yet
+        while True:
+            found = [p for p in cg.user_processes() if cmdline(p) == b"sleep\x00600\x00"]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        (child,) = found
         paths = cgroups(Path(f"/proc/{child}/cgroup").read_text())
         step = f"{job_cgroup(cg, job.job_id)}/step_batch"
         assert paths["memory"] in (step, f"{step}/task_0") and paths["freezer"] == step, paths
@@ -335,14 +341,15 @@ def test_sbcast_writes_on_the_node_outside_the_job(cg: Lab) -> None:
         cg.node_path(f"/tmp/bcast.{job.job_id}").unlink(missing_ok=True)
 
 
+@pytest.mark.parametrize(  # SlurmdParameters=contain_spank is new in Slurm 24.05
+    "cgroup_lab", ["24.11", "26.05"], indirect=True, ids=["slurm-24.11", "slurm-26.05"]
+)
 def test_contain_spank_fails_the_tasks_of_a_job_with_a_pid_namespace(cgroup_lab: Lab) -> None:
     """The documented limitation (nsctl(8), LIMITATIONS): contain_spank runs
     slurm_spank_user_init in a clone of slurmstepd, where the PID namespace set for children
     cannot reach the tasks; the plugin fails them and says why. The mount namespace is joined
     in slurm_spank_init, which is never cloned: without CLONE_NEWPID jobs run as usual."""
     lab = cgroup_lab
-    if lab.version == "22.05":
-        pytest.skip("SlurmdParameters=contain_spank is new in Slurm 24.05")
     contain = ("SlurmdParameters=contain_spank",)
     configure(lab, "nsctl-pid", extra_conf=contain)
     res = lab.srun("echo", "the task ran")

@@ -45,6 +45,10 @@ def test_status_and_gc_see_a_running_job_and_keep_it(pid_ns: Lab) -> None:
         assert f"job {job.job_id} (live): keep: live" in result.stdout
         out = nsctl(pid_ns, "join", "--job-id", job.job_id, "--", "cat", "/tmp/file").stdout
         assert out == "data\n"
+    # The Epilog's detached deleter may still be at work ("deleting") for a moment.
+    deadline = time.monotonic() + 30
+    while job.job_id in status(pid_ns) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert job.job_id not in status(pid_ns)
 
 
