@@ -110,6 +110,12 @@ DELIBERATE = {
         "slurmstepd's session",
         "namespace.yaml.5", DIFFERENCES, "new session",
     ),
+    "background_delete": Difference(
+        "the Epilog moves a job's trees aside (B/.nsctl-deleting.J.INO) and a detached process "
+        "at idle priority deletes them after it returns; Slurm deletes them before the job "
+        "completes",
+        "namespace.yaml.5", DIFFERENCES, "deleted in the background",
+    ),
     "mark": Difference(
         "nsctl's job dirs (B/J and D/J) hold its mark, an empty file .nsctl",
         "nsctl.8", "ON-DISK LAYOUT", "nsctl's mark",
@@ -470,6 +476,17 @@ DIR_CONFS = (
 )
 
 
+def wait_deleted(top: Path, timeout: float = 120) -> None:
+    """nsctl's detached deleters (idle priority: slow while the machine is busy) have removed
+    every tree the Epilogs moved aside in base `top`."""
+    deliberate("background_delete")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not top.is_dir() or not any(".nsctl-deleting." in n.name for n in top.iterdir()):
+            return
+        time.sleep(0.1)
+
+
 def tree(lab: Lab, name: str, norm: Normaliser) -> list[tuple[str, str, int, int]]:
     """Everything in base `name` (B or D) of the current mode, as the host sees it (the job's
     mounts are not there), no link followed: (normalised path, mode, uid, gid), sorted.
@@ -479,6 +496,8 @@ def tree(lab: Lab, name: str, norm: Normaliser) -> list[tuple[str, str, int, int
     top = base / lab.node if lab.mode == "linux" else base
     if lab.mode == "linux":
         deliberate("job_dir")
+    else:
+        wait_deleted(top)
     found = []
     for path, dirs, files in os.walk(top) if top.exists() else ():
         if lab.mode == "nsctl" and Path(path) == base and lab.node in dirs:
