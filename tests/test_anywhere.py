@@ -198,7 +198,7 @@ EINVAL_DRIVER = textwrap.dedent(
             os.sched_setaffinity(0, {0})
             job = str(7100 + round_)
             rc = run_setup(job_id=job, user="nobody")
-            rc = rc or run_teardown(job_id=job)
+            rc = rc or run_teardown(job_id=job, wait=True)
             os._exit(0 if rc == 0 and hard else (2 if not hard else 1))
         _, status = os.waitpid(child, 0)
         results.append(os.waitstatus_to_exitcode(status))
