@@ -17,9 +17,12 @@ read from the daemons' logs (SlurmdDebug=debug, 1 ms resolution):
          (Slurm's plugins tear down in the extern step, nsctl in the Epilog; the node takes the
          next job only after this)
 
+Two more modes split nsctl's cost: "Prolog/Epilog /bin/true" (what slurmd's running of any
+Prolog and Epilog costs) and "Prolog/Epilog python -I -S" (scripts that only start nsctl's
+interpreter the way its launchers do: the floor of any Python Prolog).
+
 Run as root:  python3 bench/bench_jobstart.py [--slurm 22.05 24.11 26.05] [-n 60] [--block 10]
 (Each srun is started in the lab through nsenter, which adds the same few ms to every mode.)
-With matplotlib importable (not a dependency of nsctl) it also draws --plot.
 """
 
 from __future__ import annotations
@@ -47,10 +50,29 @@ def builtin_mode(version: str) -> str:
 def label(mode: str) -> str:
     return {
         "none": "no isolation",
+        "true": "Prolog/Epilog /bin/true",
+        "python": "Prolog/Epilog python -I -S",
         "tmpfs": "job_container/tmpfs",
         "linux": "namespace/linux",
         "nsctl": "nsctl",
     }[mode]
+
+
+def configure(lab: slurmlab.Lab, mode: str) -> None:
+    """Two modes beside the three compared split nsctl's cost: ``true`` (a Prolog and an Epilog
+    that do nothing: what slurmd's running of a script costs) and ``python`` (scripts that start
+    nsctl's interpreter as its launchers do and exit: the interpreter's floor inside slurmd)."""
+    if mode not in ("true", "python"):
+        lab.configure(mode)
+        return
+    script = "/bin/true"
+    if mode == "python":
+        python = Path(lab.nsctl).with_name("python")
+        path = lab.bin / "python-pass"
+        path.write_text(f"#!{python} -IS\n")
+        path.chmod(0o755)
+        script = str(path)
+    lab.configure("none", extra_conf=(f"Prolog={script}", f"Epilog={script}"))
 
 
 def stamp(text: str, pattern: str) -> dict[str, float]:
@@ -69,8 +91,9 @@ def log_phases(slurmd: str, slurmctld: str, jobs: list[str]) -> dict[str, list[f
         "start": stamp(slurmd, r"\[(\d+)\.extern\] (?:debug:  )?Message thread started"),
         "task": stamp(slurmd, r"\[(\d+)\.0\] task 0 \(\d+\) started"),
     }
-    term = stamp(slurmd, r"debug:  _rpc_terminate_job: uid = \d+ JobId=(\d+)")
-    done = stamp(slurmd, r"debug:  completed epilog for jobid (\d+)")
+    # 22.05, 24.11: "uid = N JobId=J", "for jobid J"; 26.05: "starting for JobId=J", "for JobId=J"
+    term = stamp(slurmd, r"debug:  _rpc_terminate_job: (?:uid = \d+|starting for) JobId=(\d+)")
+    done = stamp(slurmd, r"debug:  completed epilog for (?:jobid |JobId=)(\d+)")
     phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
     for job in jobs:
         for phase, seen in marks.items():
@@ -82,7 +105,7 @@ def log_phases(slurmd: str, slurmctld: str, jobs: list[str]) -> dict[str, list[f
 
 
 def run_block(lab: slurmlab.Lab, mode: str, count: int, warmup: int) -> dict[str, list[float]]:
-    lab.configure(mode)
+    configure(lab, mode)
     for _ in range(warmup):
         lab.srun("true")
     lab.cancel_all()
@@ -106,7 +129,7 @@ def run_block(lab: slurmlab.Lab, mode: str, count: int, warmup: int) -> dict[str
 
 
 def run_version(version: str, count: int, block: int, warmup: int) -> dict[str, dict]:
-    modes = ["none", builtin_mode(version), "nsctl"]
+    modes = ["none", "true", "python", builtin_mode(version), "nsctl"]
     results = {mode: {"wall": [], **{phase: [] for phase in PHASES}} for mode in modes}
     lab = slurmlab.Lab(version)
     leftovers: list[str] = []
@@ -114,7 +137,7 @@ def run_version(version: str, count: int, block: int, warmup: int) -> dict[str, 
         lab.prepare()
         namespaces = lab.recorded_namespaces()
         for number in range((count + block - 1) // block):
-            order = modes[number % 3 :] + modes[: number % 3]
+            order = modes[number % len(modes) :] + modes[: number % len(modes)]
             for mode in order:
                 for key, values in run_block(lab, mode, block, warmup).items():
                     results[mode][key] += values
@@ -164,29 +187,17 @@ def report(version: str, results: dict[str, dict]) -> list[str]:
             f"per job, added by {label(mode)} (logs, vs no isolation): start "
             f"{added['start']:+.0f} ms, task {added['task']:+.0f} ms, end {added['end']:+.0f} ms"
         )
+    wall = {mode: median(results[mode]["wall"]) for mode in results}
+    shares = [
+        ("slurmd running a Prolog and an Epilog", "true", "none"),
+        ("an interpreter starting in each", "python", "true"),
+        ("nsctl (its wrapper scripts, setup, TaskProlog, SPANK, teardown)", "nsctl", "python"),
+    ]
+    lines.append(
+        "where nsctl's added wall time goes, as fractions of no isolation: "
+        + "; ".join(f"{what} {(wall[a] - wall[b]) / base:+.2f}" for what, a, b in shares)
+    )
     return lines
-
-
-def plot(all_results: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4.2))
-    if len(all_results) == 1:
-        axes = [axes]
-    for axis, (version, results) in zip(axes, all_results.items()):
-        walls = [results[mode]["wall"] for mode in results]
-        axis.boxplot(walls, showfliers=True)
-        axis.set_xticks(range(1, len(results) + 1), [label(mode) for mode in results])
-        for i, values in enumerate(walls, start=1):
-            axis.scatter([i + (j % 7 - 3) * 0.03 for j in range(len(values))], values, s=6,
-                         alpha=0.5)  # fmt: skip
-        axis.set_ylabel("ms")
-        axis.set_title(f"Slurm {version}: srun -Q true, wall time")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -196,19 +207,12 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=60, help="jobs per mode and version [60]")
     parser.add_argument("--block", type=int, default=10, help="jobs per block [10]")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured jobs per block [2]")
-    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("jobstart.png"))
     args = parser.parse_args()
 
     all_results = {}
     for version in args.slurm:
         all_results[version] = run_version(version, args.n, args.block, args.warmup)
         print("\n".join(report(version, all_results[version])) + "\n", flush=True)
-    try:
-        plot(all_results, args.plot)
-    except ImportError:
-        print("(no matplotlib: no plot)")
-    else:
-        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -28,15 +28,18 @@ class Record:
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes {len(fields)} fields, got {len(args)}")
         values = dict(zip(fields, args))
-        for name, value in kwargs.items():
-            if name not in fields or name in values:
-                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {name!r}")
-            values[name] = value
-        for name in fields:
-            if name not in values:
-                if name not in self._defaults:
-                    raise TypeError(f"{type(self).__name__}: missing field {name!r}")
-                values[name] = self._defaults[name]
+        if kwargs:
+            defaults = self._defaults
+            for name, value in kwargs.items():
+                if name in values or (name not in defaults and name not in fields):
+                    raise TypeError(f"{type(self).__name__}: unexpected or repeated field {name!r}")
+                values[name] = value
+        if len(values) < len(fields):
+            for name in fields:
+                if name not in values:
+                    if name not in self._defaults:
+                        raise TypeError(f"{type(self).__name__}: missing field {name!r}")
+                    values[name] = self._defaults[name]
         object.__setattr__(self, "__dict__", values)
 
     def __setattr__(self, name, value):
