@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from typing import Any
 
 
@@ -84,3 +85,23 @@ class NodeReport:
             "multiple_matches": list(self.multiple),
             "unused_entries": list(self.unused),
         }
+
+
+def node_groups(
+    resolved: Iterable[Any], collect_hostlist: Callable[[list[str]], str]
+) -> tuple[dict[str, Any], ...]:
+    """Resolved node configs (NodeConfig) folded into hostlists: one row per entry, enabled and
+    base path (or reason), in the order first seen. ``NodeReport.groups`` of both readers."""
+    members: dict[tuple, list[str]] = {}
+    for config in resolved:
+        detail = config.base_path if config.enabled else config.disabled_reason
+        members.setdefault((config.entry, config.enabled, detail), []).append(config.node)
+    return tuple(
+        {
+            "nodes": collect_hostlist(names),
+            "entry": entry or None,
+            "enabled": enabled,
+            ("base_path" if enabled else "reason"): detail,
+        }
+        for (entry, enabled, detail), names in members.items()
+    )

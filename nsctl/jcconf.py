@@ -40,7 +40,7 @@ import re
 
 from . import config as cfg
 from .deps import dependency
-from .issues import Checked, Issue, NodeReport
+from .issues import Checked, Issue, NodeReport, node_groups
 from .record import Record
 
 hostlist = dependency("hostlist")
@@ -918,24 +918,17 @@ def node_report(doc: Optional[Doc], nodes: Iterable[str], hostnames: Optional[di
     for index, line in enumerate(doc.lines):
         for name in line.nodes:
             own.setdefault(name, []).append(index)
-    groups: dict[tuple, list[str]] = {}
     used: set[int] = set()
-    for node in dict.fromkeys(nodes):
-        indices = tuple(sorted(base + tuple(own.get(node, ()))))
-        used.update(own.get(node, ()))
-        resolved = resolve(doc, node, hostnames.get(node, node), indices=indices)
-        detail = resolved.base_path if resolved.enabled else resolved.disabled_reason
-        groups.setdefault((resolved.entry, resolved.enabled, detail), []).append(node)
+
+    def each_node():  # resolved one at a time: a report may cover 100,000 nodes
+        for node in dict.fromkeys(nodes):
+            indices = tuple(sorted(base + tuple(own.get(node, ()))))
+            used.update(own.get(node, ()))
+            yield resolve(doc, node, hostnames.get(node, node), indices=indices)
+
+    groups = node_groups(each_node(), hostlist.collect_hostlist)
     return NodeReport(
-        groups=tuple(
-            {
-                "nodes": hostlist.collect_hostlist(members),
-                "entry": entry or None,
-                "enabled": enabled,
-                ("base_path" if enabled else "reason"): detail,
-            }
-            for (entry, enabled, detail), members in groups.items()
-        ),
+        groups=groups,
         shadowed=tuple(no_effect(doc)),
         multiple=(),
         unused=tuple(

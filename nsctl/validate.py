@@ -15,13 +15,13 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from typing import Any, NamedTuple, Optional
 
 from . import config as cfg
 from .deps import dependency
-from .issues import Checked, Issue, NodeReport
+from .issues import Checked, Issue, NodeReport, node_groups
 
 hostlist = dependency("hostlist")
 yaml = dependency("yaml")
@@ -973,7 +973,6 @@ def node_report(data: Any, nodes: Iterable[str], hostnames: Optional[dict] = Non
     """What each node resolves to, folded back into hostlists. ``data`` must be valid."""
     hostnames = hostnames or {}
     names_by_entry = entry_names(data)
-    groups: dict[tuple, list[str]] = {}
     multiple: dict[tuple[str, ...], list[str]] = {}
     used: set[int] = set()
     # node -> the entries naming it, in file order: one pass over the entries, not one per node
@@ -981,25 +980,19 @@ def node_report(data: Any, nodes: Iterable[str], hostnames: Optional[dict] = Non
     for index, names in enumerate(names_by_entry):
         for name in names:
             entries_of.setdefault(name, []).append(index)
-    for node in dict.fromkeys(nodes):
-        matches = entries_of.get(node, [])
-        used.update(matches[:1])
-        if len(matches) > 1:
-            multiple.setdefault(tuple(f"node_confs[{i}]" for i in matches), []).append(node)
-        first = matches[0] if matches else None
-        resolved = cfg.resolve(data, node, hostnames.get(node, node), index=first)
-        detail = resolved.base_path if resolved.enabled else resolved.disabled_reason
-        groups.setdefault((resolved.entry, resolved.enabled, detail), []).append(node)
+
+    def each_node() -> Iterator[cfg.NodeConfig]:  # one at a time: a report may cover 100,000 nodes
+        for node in dict.fromkeys(nodes):
+            matches = entries_of.get(node, [])
+            used.update(matches[:1])
+            if len(matches) > 1:
+                multiple.setdefault(tuple(f"node_confs[{i}]" for i in matches), []).append(node)
+            first = matches[0] if matches else None
+            yield cfg.resolve(data, node, hostnames.get(node, node), index=first)
+
+    groups = node_groups(each_node(), hostlist.collect_hostlist)
     return NodeReport(
-        groups=tuple(
-            {
-                "nodes": hostlist.collect_hostlist(members),
-                "entry": entry or None,
-                "enabled": enabled,
-                ("base_path" if enabled else "reason"): detail,
-            }
-            for (entry, enabled, detail), members in groups.items()
-        ),
+        groups=groups,
         shadowed=tuple(shadowed_entries(data)),
         multiple=tuple(
             {
