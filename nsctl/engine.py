@@ -408,6 +408,17 @@ class _OnOneCpu:
                 pass
 
 
+def _unshare_past_own_mount_ns(flags: int) -> None:
+    """unshare(flags), on one CPU, after burning ids past this process's own mount namespace
+    (see _pass_own_mount_ns; best effort: the bind retry is the fallback)."""
+    with _OnOneCpu():
+        try:
+            _pass_own_mount_ns()
+        except OSError:
+            pass
+        libc.unshare(flags)
+
+
 def _child_main(
     op: plan.CreateNamespaces, go_fd: int, status_fd: int, program_fd: Optional[int]
 ) -> None:
@@ -421,12 +432,7 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
-        with _OnOneCpu():
-            try:  # best effort: the bind retry is the fallback
-                _pass_own_mount_ns()
-            except OSError:
-                pass
-            libc.unshare(flags)
+        _unshare_past_own_mount_ns(flags)
     except OSError as exc:
         _send(status_fd, f"err unshare({','.join(op.kinds)}): {exc.strerror}")
         os._exit(1)
@@ -507,15 +513,10 @@ def _create_here(op: plan.CreateNamespaces) -> None:
     home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     job = -1
     try:
-        with _OnOneCpu():
-            try:  # best effort: the bind retry is the fallback
-                _pass_own_mount_ns()
-            except OSError:
-                pass
-            try:
-                libc.unshare(libc.CLONE.NEWNS)
-            except OSError as exc:
-                raise SetupError("unshare(mnt)", exc.strerror) from None
+        try:
+            _unshare_past_own_mount_ns(libc.CLONE.NEWNS)
+        except OSError as exc:
+            raise SetupError("unshare(mnt)", exc.strerror) from None
         try:
             for child_op in op.child:
                 try:

@@ -9,6 +9,7 @@ import textwrap
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_jcconf import SITE  # the site file whose resolution test_jcconf checks line by line
 
 from nsctl import config, jcconf
 from nsctl import validate as checker
@@ -48,16 +49,6 @@ def assert_same_everywhere(text: str, nodes) -> str:
         got = comparable(config.resolve(yaml_checked.data, node, f"h-{node}"))
         assert got == want, (node, text, yaml_text)
     return yaml_text
-
-
-SITE = """\
-AutoBasePath=true
-Dirs=/tmp,/dev/shm,/var/tmp
-BasePath=/var/ns
-NodeName=n[1-4] BasePath=/scratch Shared=yes InitScript=/sbin/init-ns
-NodeName=n[3-4] BasePath=/fast/%n CloneNSScript=/sbin/clone Dirs=/tmp
-NodeName=n9 BasePath=none
-"""
 
 
 def test_a_site_file_converts_to_this():

@@ -230,13 +230,19 @@ def _job_mnt_ns(lab, job_id: str) -> procfs.NsId:
     return ns
 
 
-def test_teardown_kills_processes_left_in_a_job_without_pid_namespace(lab):
+def _job_with_a_daemon(lab, job_id: str) -> tuple[procfs.NsId, list[int]]:
+    """A job without a PID namespace that left a daemon running: its mount ns, its pids."""
     lab.write_config(MNT_ONLY)
-    setup("621")
-    mnt_ns = _job_mnt_ns(lab, "621")
-    in_job("621", "setsid sleep 120 >/dev/null 2>&1 < /dev/null &")
+    setup(job_id)
+    mnt_ns = _job_mnt_ns(lab, job_id)
+    in_job(job_id, "setsid sleep 120 >/dev/null 2>&1 < /dev/null &")
     left = procfs.in_mount_ns(mnt_ns)
     assert left, "the job's daemon should be running"
+    return mnt_ns, left
+
+
+def test_teardown_kills_processes_left_in_a_job_without_pid_namespace(lab):
+    mnt_ns, left = _job_with_a_daemon(lab, "621")
     ok(nsctl("teardown", "--wait", "--job-id", "621"))
     assert procfs.in_mount_ns(mnt_ns) == []
     assert all(proc_state(pid) in (None, "Z") for pid in left)
@@ -246,12 +252,7 @@ def test_teardown_kills_processes_left_in_a_job_without_pid_namespace(lab):
 def test_the_epilogs_deleter_kills_them_before_it_deletes(lab):
     # Without --wait (as the Epilog runs) the scan of every process is the deleter's: the
     # Epilog returns, then the daemon dies, then the job's files go.
-    lab.write_config(MNT_ONLY)
-    setup("622")
-    mnt_ns = _job_mnt_ns(lab, "622")
-    in_job("622", "setsid sleep 120 >/dev/null 2>&1 < /dev/null &")
-    left = procfs.in_mount_ns(mnt_ns)
-    assert left, "the job's daemon should be running"
+    mnt_ns, left = _job_with_a_daemon(lab, "622")
     result = ok(nsctl("teardown", "--job-id", "622"))
     assert "deleting the job's files in the background" in result.stderr
     assert "killing pid" not in result.stderr  # the deleter's line, not the Epilog's

@@ -688,6 +688,21 @@ class Lab:
             time.sleep(0.05)
         raise LabError(f"{path} did not appear in {timeout}s" + (f":\n{job.read()}" if job else ""))
 
+    def usr1_to_a_step(self) -> str:
+        """A batch job whose step traps USR1 (then exits 5), sent `scancel --signal=USR1` once
+        the step runs; the job's output when it is gone (the step's "caught USR1" and the batch
+        shell's "step rc=N")."""
+        sync = self.new_dir("signal")
+        job = self.submit(
+            f'srun -Q sh -c \'trap "echo caught USR1; exit 5" USR1; : > {sync}/step; '
+            "while :; do sleep 0.05; done'\n"
+            'echo "step rc=$?"\n'
+        )
+        self.wait_file(sync / "step", job)
+        self.admin("scancel", "--signal=USR1", job.job_id)
+        self.wait_job_gone(job.job_id)
+        return job.read()
+
     @contextlib.contextmanager
     def running_job(self, script: str, *options: str) -> Iterator[BatchJob]:
         """A batch job that runs `script`, then stays alive until the with-block ends."""

@@ -52,16 +52,8 @@ def test_pid_namespace_passes_exit_codes_through(pid_ns: Lab) -> None:
 
 
 def test_pid_namespace_forwards_signals_to_the_task(pid_ns: Lab) -> None:
-    sync = pid_ns.new_dir("signal")
-    job = pid_ns.submit(
-        f'srun -Q sh -c \'trap "echo caught USR1; exit 5" USR1; : > {sync}/step; '
-        "while :; do sleep 0.05; done'\n"
-        'echo "step rc=$?"\n'
-    )
-    pid_ns.wait_file(sync / "step", job)
-    pid_ns.admin("scancel", "--signal=USR1", job.job_id)
-    pid_ns.wait_job_gone(job.job_id)
-    assert "caught USR1" in job.read() and "step rc=5" in job.read(), job.read()
+    output = pid_ns.usr1_to_a_step()
+    assert "caught USR1" in output and "step rc=5" in output, output
 
 
 def is_holder(lab: Lab, pid: int) -> bool:

@@ -375,18 +375,9 @@ def observe_exits(lab: Lab) -> dict[str, object]:
         lab.wait_job_gone(job.job_id)
         found[name] = lab.job_field(job.job_id, "ExitCode")
     # A signal from scancel reaches the task, whose own exit code the step then has.
-    sync = lab.new_dir("signal")
-    job = lab.submit(
-        f'srun -Q sh -c \'trap "echo caught USR1; exit 5" USR1; : > {sync}/step; '
-        "while :; do sleep 0.05; done'\n"
-        'echo "step rc=$?"\n'
-    )
-    lab.wait_file(sync / "step", job)
-    lab.admin("scancel", "--signal=USR1", job.job_id)
-    lab.wait_job_gone(job.job_id)
     # The task's "caught" and the batch shell's report of srun's death by USR1 reach the output
     # file from two processes, in either order.
-    found["scancel --signal=USR1"] = sorted(slurm_messages(job.read()).splitlines())
+    found["scancel --signal=USR1"] = sorted(slurm_messages(lab.usr1_to_a_step()).splitlines())
     return found
 
 
