@@ -11,7 +11,7 @@ from dataclasses import dataclass
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any
+    from typing import Any, Union
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,13 @@ def node_groups(
         }
         for (entry, enabled, detail), names in members.items()
     )
+
+
+def read_text(path: str, display: str) -> Union[str, Checked]:
+    """A configuration file's text, or, when it cannot be read, the result with that one error."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return Checked(display, None, (Issue(display, 0, 0, "", f"cannot read: {reason}"),))

@@ -40,7 +40,7 @@ import re
 
 from . import config as cfg
 from .deps import dependency
-from .issues import Checked, Issue, NodeReport, node_groups
+from .issues import Checked, Issue, NodeReport, node_groups, read_text
 from .record import Record
 
 hostlist = dependency("hostlist")
@@ -877,12 +877,9 @@ def check_file(
 ) -> Checked:
     """Read and check a file; an unreadable file is one error."""
     display = display or path
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return Checked(display, None, (Issue(display, 0, 0, "", f"cannot read: {reason}"),))
+    text = read_text(path, display)
+    if isinstance(text, Checked):
+        return text
     return check_text(text, display, slurm_version, nodes)
 
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Optional
 
 from . import config as cfg
 from .deps import dependency
-from .issues import Checked, Issue, NodeReport, node_groups
+from .issues import Checked, Issue, NodeReport, node_groups, read_text
 
 hostlist = dependency("hostlist")
 yaml = dependency("yaml")
@@ -939,12 +939,9 @@ def check_text(text: str, file: str) -> Checked:
 def check_file(path: str, display: Optional[str] = None) -> Checked:
     """Read and validate a file; an unreadable file is one error."""
     display = display or path
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return Checked(display, None, (Issue(display, 0, 0, "", f"cannot read: {reason}"),))
+    text = read_text(path, display)
+    if isinstance(text, Checked):
+        return text
     return check_text(text, display)
 
 

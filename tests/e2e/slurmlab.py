@@ -688,6 +688,26 @@ class Lab:
             time.sleep(0.05)
         raise LabError(f"{path} did not appear in {timeout}s" + (f":\n{job.read()}" if job else ""))
 
+    def requeueable_job(self) -> tuple[BatchJob, Path]:
+        """A batch job that may be requeued; each run N prints what its /tmp holds ("run N
+        sees: ..."), leaves a file there and waits for SYNC/go-N. Returns once run 0 waits."""
+        sync = self.new_dir("requeue")
+        job = self.submit(
+            'run=${SLURM_RESTART_COUNT:-0}; echo "run $run sees: $(ls -A /tmp | tr "\\n" " ")"\n'
+            "touch /tmp/left-by-run-$run\n"
+            f": > {sync}/ready-$run\n"
+            f"while [ ! -e {sync}/go-$run ]; do sleep 0.05; done\n",
+            "--requeue",
+            "--open-mode=append",
+        )
+        self.wait_file(sync / "ready-0", job)
+        return job, sync
+
+    def release_now(self, job_id: str) -> None:
+        """Release a held requeued job without Slurm's 120 s wait before it is eligible again."""
+        self.admin("scontrol", "release", job_id)
+        self.admin("scontrol", "update", f"jobid={job_id}", "StartTime=now")
+
     def usr1_to_a_step(self) -> str:
         """A batch job whose step traps USR1 (then exits 5), sent `scancel --signal=USR1` once
         the step runs; the job's output when it is gone (the step's "caught USR1" and the batch

@@ -198,16 +198,7 @@ def test_node_confs_keyed_by_the_slurm_node_name(lab: Lab) -> None:
 
 def test_requeued_job_starts_cleanly_on_the_same_node(lab: Lab) -> None:
     lab.configure("nsctl")
-    sync = lab.new_dir("requeue")
-    job = lab.submit(
-        'run=${SLURM_RESTART_COUNT:-0}; echo "run $run sees: $(ls -A /tmp | tr "\\n" " ")"\n'
-        "touch /tmp/left-by-run-$run\n"
-        f": > {sync}/ready-$run\n"
-        f"while [ ! -e {sync}/go-$run ]; do sleep 0.05; done\n",
-        "--requeue",
-        "--open-mode=append",
-    )
-    lab.wait_file(sync / "ready-0", job)
+    job, sync = lab.requeueable_job()
     lab.admin("scontrol", "requeuehold", job.job_id)
     lab.wait_job_state(job.job_id, ("PENDING",))
     job_dir = lab.ns_base / job.job_id
@@ -219,9 +210,7 @@ def test_requeued_job_starts_cleanly_on_the_same_node(lab: Lab) -> None:
     stale = job_dir / f".{job.job_id}" / "_tmp"
     stale.mkdir(parents=True)
     (stale / "stale-file").touch()
-    lab.admin("scontrol", "release", job.job_id)
-    # Slurm makes a requeued job wait 120 s before it is eligible again; skip the wait.
-    lab.admin("scontrol", "update", f"jobid={job.job_id}", "StartTime=now")
+    lab.release_now(job.job_id)
     lab.wait_file(sync / "ready-1", job)
     (sync / "go-1").touch()
     lab.wait_job_gone(job.job_id)

@@ -805,15 +805,7 @@ def test_nothing_is_left_after_the_job(lab: Lab) -> None:
 def requeue_run(lab: Lab, stale: bool) -> dict[str, object]:
     """A job requeued once; with stale, what a crashed teardown would leave of its first run
     (its job dir, with a file in its /tmp) is put back before the second run starts."""
-    sync = lab.new_dir("requeue")
-    job = lab.submit(
-        'run=${SLURM_RESTART_COUNT:-0}; echo "run $run sees: $(ls -A /tmp | tr "\\n" " ")"\n'
-        "touch /tmp/left-by-run-$run\n"
-        f": > {sync}/ready-$run\n"
-        f"while [ ! -e {sync}/go-$run ]; do sleep 0.05; done\n",
-        "--requeue", "--open-mode=append",
-    )  # fmt: skip
-    lab.wait_file(sync / "ready-0", job)
+    job, sync = lab.requeueable_job()
     base = Path(bases(lab)["B"]) / (lab.node if lab.mode == "linux" else "")
     job_dir = base / job.job_id
     lab.admin("scontrol", "requeuehold", job.job_id)
@@ -826,9 +818,7 @@ def requeue_run(lab: Lab, stale: bool) -> dict[str, object]:
         left = job_dir / f".{job.job_id}" / "_tmp"
         left.mkdir(parents=True)
         (left / "stale-file").touch()
-    lab.admin("scontrol", "release", job.job_id)
-    # Slurm makes a requeued job wait 120 s before it is eligible again; skip the wait.
-    lab.admin("scontrol", "update", f"jobid={job.job_id}", "StartTime=now")
+    lab.release_now(job.job_id)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if (sync / "ready-1").exists() or "held" in lab.job_field(job.job_id, "Reason"):
