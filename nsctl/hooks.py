@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Callable, Optional
 
-if TYPE_CHECKING:
     Echo = Callable[[str], None]
 
 
